@@ -1,0 +1,141 @@
+"""The sampling engine: counts, packing, reproducibility, memory bound, model state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as st
+
+from smoothcert.sampling import plan_batches, sample_counts
+
+
+class Recorder(torch.nn.Module):
+    """Records what the engine feeds it; predicts class 1 iff the first coordinate is > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)  # a parameter, so the module has a device
+        self.batches: list[int] = []
+        self.dtypes: set[torch.dtype] = set()
+        self.modes: set[bool] = set()
+        self.inference: set[bool] = set()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.batches.append(z.shape[0])
+        self.dtypes.add(z.dtype)
+        self.modes.add(self.training)
+        self.inference.add(torch.is_inference_mode_enabled())
+        s = z.flatten(1)[:, 0]
+        return torch.stack([-s, s], dim=1)
+
+
+@pytest.mark.parametrize(("k", "n", "bs"), [(1, 1, 1), (5, 10, 32), (3, 100, 64), (4, 250, 100), (7, 3, 3), (2, 7, 5)])
+def test_plan_covers_every_sample_within_batch_size(k, n, bs):
+    batches = list(plan_batches(k, n, bs))
+    per_input = np.zeros(k, dtype=int)
+    for batch in batches:
+        assert 0 < sum(size for _, size in batch) <= bs
+        idx = [i for i, _ in batch]
+        assert idx == sorted(set(idx)), "inputs within a pass are distinct and in order"
+        for i, size in batch:
+            per_input[i] += size
+    assert per_input.tolist() == [n] * k
+
+
+def test_small_n_is_packed():
+    batches = list(plan_batches(10, 100, 1000))
+    assert len(batches) == 1 and len(batches[0]) == 10
+
+
+def test_counts_shape_sum_and_distribution():
+    model = Recorder()
+    xs = torch.zeros(3, 4)
+    xs[1, 0] = 10.0  # far on the positive side: always class 1
+    counts = sample_counts(model, xs, sigma=1.0, n=2000, num_classes=2, batch_size=512,
+                           generator=torch.Generator().manual_seed(0))
+    assert counts.shape == (3, 2) and counts.dtype == np.int64
+    assert counts.sum(axis=1).tolist() == [2000] * 3
+    assert counts[1].tolist() == [0, 2000]
+    # at x = 0 each vote is Bernoulli(1/2): a two-sided binomial test at level 1e-6 must not reject
+    for row in (0, 2):
+        assert st.binomtest(int(counts[row, 1]), 2000, 0.5).pvalue > 1e-6
+
+
+def test_noise_has_standard_deviation_sigma():
+    # class 1 iff first coordinate > sigma: probability 1 - Phi(1) ~= 0.1587 exactly when the noise is N(0, sigma^2)
+    sigma = 0.37
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        s = z[:, 0] - sigma
+        return torch.stack([-s, s], dim=1)
+
+    counts = sample_counts(f, torch.zeros(1, 3), sigma=sigma, n=100_000, num_classes=2, batch_size=4096,
+                           generator=torch.Generator().manual_seed(1))
+    assert st.binomtest(int(counts[0, 1]), 100_000, st.norm.sf(1.0)).pvalue > 1e-6
+
+
+def test_same_seed_same_counts_and_per_input_generators_ignore_grouping():
+    model = Recorder()
+    xs = torch.randn(6, 5, generator=torch.Generator().manual_seed(3)) * 0.3
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(6)]
+    together = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128, generator=gens())
+    again = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128, generator=gens())
+    alone = np.concatenate([
+        sample_counts(model, xs[i : i + 1], sigma=0.5, n=50, num_classes=2, batch_size=128, generator=[g])
+        for i, g in enumerate(gens())
+    ])
+    larger_batch = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=1000, generator=gens())
+    np.testing.assert_array_equal(together, again)
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, larger_batch)  # n <= batch_size: batch size does not matter
+    other = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128,
+                          generator=[torch.Generator().manual_seed(900 + i) for i in range(6)])
+    assert not np.array_equal(together, other)
+
+
+def test_memory_is_bounded_by_batch_size_not_n():
+    model = Recorder()
+    sample_counts(model, torch.zeros(1, 2), sigma=1.0, n=100_000, num_classes=2, batch_size=700)
+    assert max(model.batches) <= 700 and sum(model.batches) == 100_000
+
+
+def test_model_runs_in_eval_and_inference_mode_and_mode_is_restored():
+    model = Recorder()
+    model.train()
+    sample_counts(model, torch.zeros(2, 3), sigma=1.0, n=10, num_classes=2, batch_size=8)
+    assert model.modes == {False} and model.inference == {True}
+    assert model.training is True
+    model.eval()
+    sample_counts(model, torch.zeros(2, 3), sigma=1.0, n=10, num_classes=2, batch_size=8)
+    assert model.training is False
+
+
+def test_noise_in_input_dtype():
+    model = Recorder().double()
+    sample_counts(model, torch.zeros(2, 3, dtype=torch.float64), sigma=1.0, n=10, num_classes=2, batch_size=8)
+    assert model.dtypes == {torch.float64}
+
+
+def test_wrong_output_width_is_reported():
+    model = Recorder()
+    with pytest.raises(ValueError, match=r"num_classes=10.*got shape \(20, 2\)"):
+        sample_counts(model, torch.zeros(1, 3), sigma=1.0, n=20, num_classes=10, batch_size=32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragment"),
+    [
+        ({"sigma": 0.0}, ValueError, "sigma must be > 0 and finite, got 0.0"),
+        ({"n": 0}, ValueError, "n must be >= 1, got 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+        ({"n": 2.5}, TypeError, "n must be an int, got float 2.5"),
+        ({"generator": [torch.Generator()]}, ValueError, "one per input (2), got 1"),
+    ],
+)
+def test_engine_validates_arguments(kwargs, exc, fragment):
+    args = {"sigma": 1.0, "n": 10, "num_classes": 2, "batch_size": 4} | kwargs
+    with pytest.raises(exc) as info:
+        sample_counts(Recorder(), torch.zeros(2, 3), **args)
+    assert fragment in str(info.value)

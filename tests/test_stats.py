@@ -1,0 +1,178 @@
+"""smoothcert.stats against scipy, statsmodels and closed forms (MATH.md §3–§6)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as st
+from statsmodels.stats.proportion import proportion_confint
+
+from smoothcert import stats as S
+
+NS = [1, 2, 3, 7, 10, 100, 1000]
+ALPHAS = [0.001, 0.01, 0.05, 0.2]
+
+
+def _grid():
+    for n in NS:
+        ks = sorted({0, 1, n // 3, n // 2, n - 1, n} & set(range(n + 1)))
+        for k in ks:
+            for a in ALPHAS:
+                yield k, n, a
+
+
+GRID = list(_grid())
+
+
+def test_module_does_not_import_torch():
+    code = "import sys, smoothcert.stats, smoothcert; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("k", "n", "alpha"), GRID)
+def test_clopper_pearson_matches_statsmodels(k, n, alpha):
+    # one-sided bound at 1 - alpha is the two-sided 'beta' interval at 1 - 2 alpha
+    lo, hi = proportion_confint(k, n, alpha=2 * alpha, method="beta")
+    assert S.clopper_pearson_lower(k, n, alpha) == pytest.approx(lo, abs=1e-12)
+    assert S.clopper_pearson_upper(k, n, alpha) == pytest.approx(hi, abs=1e-12)
+
+
+def test_clopper_pearson_vectorised_equals_scalar():
+    k, n, a = (np.array(c) for c in zip(*GRID, strict=True))
+    lo = S.clopper_pearson_lower(k, n, a)
+    assert isinstance(lo, np.ndarray) and lo.shape == k.shape
+    assert lo == pytest.approx([S.clopper_pearson_lower(*g) for g in GRID], abs=0)
+    assert isinstance(S.clopper_pearson_lower(3, 10, 0.05), float)
+
+
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_clopper_pearson_closed_forms(n, alpha):
+    assert S.clopper_pearson_lower(n, n, alpha) == pytest.approx(alpha ** (1 / n), rel=1e-12)
+    assert S.clopper_pearson_lower(0, n, alpha) == 0.0
+    assert S.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-10)
+    assert S.clopper_pearson_upper(n, n, alpha) == 1.0
+
+
+def test_cohen_radius_closed_forms():
+    assert S.cohen_radius(st.norm.cdf(1.0)) == pytest.approx(1.0, rel=1e-12)
+    assert S.cohen_radius(st.norm.cdf(1.5), sigma=0.5) == pytest.approx(0.75, rel=1e-12)
+    # (pA, pB) form: sigma/2 (Phi^-1(pA) - Phi^-1(pB)); reduces to sigma Phi^-1(pA) at pB = 1 - pA
+    pa, pb = st.norm.cdf(2.0), st.norm.cdf(-1.0)
+    assert S.cohen_radius(pa, pb, sigma=2.0) == pytest.approx(3.0, rel=1e-12)
+    assert S.cohen_radius(0.9, 0.1, sigma=0.7) == pytest.approx(S.cohen_radius(0.9, sigma=0.7), rel=1e-12)
+    # no certificate where the condition fails
+    assert S.cohen_radius(0.5) == 0.0
+    assert S.cohen_radius(0.3) == 0.0
+    assert S.cohen_radius(0.4, 0.45) == 0.0
+    r = S.cohen_radius(np.array([0.2, 0.5, st.norm.cdf(0.3)]), sigma=np.array([1.0, 1.0, 2.0]))
+    assert r == pytest.approx([0.0, 0.0, 0.6], abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "expected"), [(100, 1.50), (1_000, 2.46), (10_000, 3.20), (100_000, 3.81)])
+def test_max_radius_table(n, expected):
+    # MATH.md §3: R_max(n, 0.001, sigma) = sigma * Phi^-1(0.001^(1/n))
+    assert round(S.max_radius(n, 0.001), 2) == expected
+    assert S.max_radius(n, 0.001, sigma=0.5) == pytest.approx(0.5 * S.max_radius(n, 0.001), rel=1e-12)
+    assert S.max_radius(n, 0.001) == pytest.approx(S.cohen_radius(S.clopper_pearson_lower(n, n, 0.001)), rel=1e-12)
+
+
+def test_max_radius_zero_when_certify_cannot_certify():
+    assert S.max_radius(9, 0.001) == 0.0
+    assert S.max_radius(10, 0.001) > 0.0
+
+
+def test_predict_pvalue_matches_binomtest():
+    for total in [1, 2, 3, 10, 11, 57, 200]:
+        for a in range(total + 1):
+            want = st.binomtest(a, total, 0.5).pvalue
+            assert S.predict_pvalue(a, total - a) == pytest.approx(want, rel=1e-9, abs=1e-300)
+    assert S.predict_pvalue(0, 0) == 1.0
+    a = np.arange(0, 51)
+    assert S.predict_pvalue(a, 50 - a) == pytest.approx([st.binomtest(int(i), 50, 0.5).pvalue for i in a], rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.2, 0.1, 0.05, 0.01, 0.001, 1e-5, 0.25, 0.125])
+def test_min_predict_n_is_the_threshold(alpha):
+    n = S.min_predict_n(alpha)
+    assert S.predict_pvalue(n, 0) <= alpha
+    assert n == 1 or S.predict_pvalue(n - 1, 0) > alpha
+
+
+def test_min_predict_n_at_reference_alpha():
+    assert S.min_predict_n(0.001) == 11  # MATH.md §4: abstains for n <= 10
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.2, 0.1, 0.05, 0.01, 0.001, 1e-5, 0.25, 0.125])
+def test_min_certify_n_is_the_threshold(alpha):
+    n = S.min_certify_n(alpha)
+    assert S.clopper_pearson_lower(n, n, alpha) > 0.5
+    assert n == 1 or S.clopper_pearson_lower(n - 1, n - 1, alpha) <= 0.5
+
+
+# MATH.md §5, sigma = 1, brute-force values to about 3 decimals
+BOUND_TABLE = [
+    (0.55, 0.1257, 0.1003, 0.0273),
+    (0.70, 0.5244, 0.4191, 0.1350),
+    (0.90, 1.2816, 1.0319, 0.3903),
+    (0.99, 2.3263, 1.9080, 0.5549),
+    (0.999, 3.0902, 2.5757, 0.5689),
+]
+
+
+@pytest.mark.parametrize(("pa", "cohen", "li", "lecuyer"), BOUND_TABLE)
+def test_bound_table(pa, cohen, li, lecuyer):
+    assert S.cohen_radius(pa) == pytest.approx(cohen, abs=5e-4)
+    assert S.li_radius(pa) == pytest.approx(li, abs=5e-4)
+    assert S.lecuyer_radius(pa) == pytest.approx(lecuyer, abs=5e-4)
+
+
+def test_bound_ordering_on_dense_grid():
+    pa = np.linspace(0.5005, 0.9995, 999)
+    c, li, le = S.cohen_radius(pa), S.li_radius(pa), S.lecuyer_radius(pa)
+    assert np.all(c > li) and np.all(li > le) and np.all(le > 0)
+    assert np.all(np.diff(li) > 0) and np.all(np.diff(le) >= 0)
+    # sigma scales every bound linearly; below pA = 1/2 there is no certificate
+    assert S.li_radius(0.8, sigma=0.25) == pytest.approx(0.25 * S.li_radius(0.8), rel=1e-9)
+    assert S.lecuyer_radius(0.8, sigma=0.25) == pytest.approx(0.25 * S.lecuyer_radius(0.8), rel=1e-9)
+    assert S.li_radius(0.4) == 0.0 and S.lecuyer_radius(0.5) == 0.0
+
+
+def test_certified_accuracy_lower_bound_formula():
+    m, a, g = 500, 0.001, 0.001
+    L = math.log(1 / g)
+    want = 0.6 - a - (L / 3 + math.sqrt(L * L / 9 + 2 * m * a * (1 - a) * L)) / m
+    assert S.certified_accuracy_lower_bound(0.6, m, a, g) == pytest.approx(want, rel=1e-12)
+    assert S.certified_accuracy_lower_bound(0.0, m, a, g) == 0.0
+    out = S.certified_accuracy_lower_bound(np.array([0.2, 0.6]), m, a, g)
+    assert out[1] == pytest.approx(want) and out[0] < 0.2
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "fragment"),
+    [
+        (lambda: S.clopper_pearson_lower(3, 10, 0.0), ValueError, "alpha must be in (0, 1), got 0.0"),
+        (lambda: S.clopper_pearson_lower(3, 10, 1.5), ValueError, "alpha must be in (0, 1), got 1.5"),
+        (lambda: S.clopper_pearson_lower(11, 10, 0.1), ValueError, "k must be <= n"),
+        (lambda: S.clopper_pearson_lower(-1, 10, 0.1), ValueError, "k must be an integer >= 0, got -1.0"),
+        (lambda: S.clopper_pearson_lower(1, 0, 0.1), ValueError, "n must be an integer >= 1, got 0.0"),
+        (lambda: S.clopper_pearson_upper(2.5, 10, 0.1), ValueError, "k must be an integer >= 0, got 2.5"),
+        (lambda: S.cohen_radius(1.2), ValueError, "p_lower must be in [0, 1], got 1.2"),
+        (lambda: S.cohen_radius(0.9, sigma=-0.5), ValueError, "sigma must be > 0 and finite, got -0.5"),
+        (lambda: S.cohen_radius(0.9, sigma=float("nan")), ValueError, "sigma must be > 0 and finite, got nan"),
+        (lambda: S.cohen_radius("high"), TypeError, "p_lower must be a number"),
+        (lambda: S.max_radius(0, 0.01), ValueError, "n must be an integer >= 1"),
+        (lambda: S.min_predict_n(0), ValueError, "alpha must be in (0, 1), got 0.0"),
+        (lambda: S.predict_pvalue(-3, 4), ValueError, "count_a must be an integer >= 0, got -3.0"),
+        (lambda: S.certified_accuracy_lower_bound(0.5, 10, 0.01, 1.0), ValueError, "gamma must be in (0, 1)"),
+        (lambda: S.clopper_pearson_lower(np.array([1, 20]), 10, 0.1), ValueError, "k must be <= n"),
+    ],
+)
+def test_bad_arguments_name_argument_and_value(call, exc, fragment):
+    with pytest.raises(exc) as info:
+        call()
+    assert fragment in str(info.value)
