@@ -158,10 +158,7 @@ class SmoothedClassifier:
         self.channels_last = channels_last
 
     def __repr__(self) -> str:
-        return (
-            f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, "
-            f"device={self.device})"
-        )
+        return f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, device={self.device})"
 
     # ------------------------------------------------------------------ input handling
 
@@ -236,7 +233,9 @@ class SmoothedClassifier:
         least = stats.min_predict_n(alpha)
         if n < least:
             _warn_once(
-                "predict", n, alpha,
+                "predict",
+                n,
+                alpha,
                 f"PREDICT with n={n} always abstains at alpha={alpha}: it needs n >= {least}",
             )
         counts = self._counts(xs, n=n, batch_size=batch_size, generator=generator)
@@ -306,7 +305,9 @@ class SmoothedClassifier:
         least = stats.min_certify_n(alpha)
         if n < least:
             _warn_once(
-                "certify", n, alpha,
+                "certify",
+                n,
+                alpha,
                 f"CERTIFY with n={n} always abstains at alpha={alpha}: it needs n >= {least}",
             )
         selection = self._counts(xs, n=n0, batch_size=batch_size, generator=generator)
@@ -330,4 +331,3 @@ class SmoothedClassifier:
             )
             for i in range(len(xs))
         ]
-

@@ -135,9 +135,9 @@ def sample_counts(
     with _eval_mode(model), torch.inference_mode(), amp:
         counts = torch.zeros((k, num_classes), dtype=torch.int64, device=device)
         fmt = torch.channels_last if channels_last and inputs.ndim == 4 else torch.contiguous_format
-        buf = torch.empty(
-            (min(batch_size, k * n), *inputs.shape[1:]), dtype=inputs.dtype, device=device
-        ).contiguous(memory_format=fmt)
+        buf = torch.empty((min(batch_size, k * n), *inputs.shape[1:]), dtype=inputs.dtype, device=device).contiguous(
+            memory_format=fmt
+        )
         for batch in plan_batches(k, n, batch_size):
             lo = batch[0][0]
             sizes = tuple(size for _, size in batch)

@@ -89,9 +89,7 @@ def _check_int(name: str, value: ArrayLike, minimum: int) -> NDArray[np.int64]:
     arr = _float_array(name, value)
     bad = ~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < minimum)
     if np.any(bad):
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}, got {_fmt(arr[bad] if arr.ndim else arr)}"
-        )
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {_fmt(arr[bad] if arr.ndim else arr)}")
     return arr.astype(np.int64)
 
 
@@ -368,9 +366,7 @@ def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> Float:
 # --------------------------------------------------------------------------- test-set bound
 
 
-def certified_accuracy_lower_bound(
-    accuracy: ArrayLike, m: int, alpha: float, gamma: float
-) -> Float:
+def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, gamma: float) -> Float:
     """Lower bound on the true certified accuracy, valid w.p. ``>= 1 - gamma`` (MATH.md §6).
 
     From Bernstein's inequality on the number of wrong certificates among ``m`` examples,

@@ -41,8 +41,9 @@ def test_monte_carlo_radius_exceeds_true_distance_at_most_alpha_of_the_time(line
     x = torch.tensor([0.2, 0.05])  # w.x + b = 0.9, distance 0.18, pA = Phi(0.36) ~= 0.64
     d, c = linear_model.distance(x), linear_model.label(x)
     sc = SmoothedClassifier(linear_model, 2, sigma)
-    certs = sc.certify_batch(x.repeat(runs, 1), n0=20, n=100, alpha=alpha, batch_size=10_000,
-                             generator=torch.Generator().manual_seed(0))
+    certs = sc.certify_batch(
+        x.repeat(runs, 1), n0=20, n=100, alpha=alpha, batch_size=10_000, generator=torch.Generator().manual_seed(0)
+    )
     failures = sum((ct.label not in (c, ABSTAIN)) or (ct.label == c and ct.radius > d) for ct in certs)
     assert failures <= _tolerance(runs, alpha)
     assert sum(not ct.abstained for ct in certs) > runs // 2  # the test is not vacuous
@@ -58,8 +59,9 @@ def test_radius_approaches_distance_as_n_grows(linear_model):
     sc = SmoothedClassifier(linear_model, 2, sigma)
     radii = []
     for n in [1_000, 10_000, 100_000]:
-        certs = sc.certify_batch(x.repeat(5, 1), n0=100, n=n, alpha=0.001, batch_size=20_000,
-                                 generator=torch.Generator().manual_seed(n))
+        certs = sc.certify_batch(
+            x.repeat(5, 1), n0=100, n=n, alpha=0.001, batch_size=20_000, generator=torch.Generator().manual_seed(n)
+        )
         radii.append(np.mean([ct.radius for ct in certs]))
     assert radii[0] < radii[1] < radii[2] <= d
     # at n = 1e5 the CP bound is within about 3.1 * sqrt(pA(1 - pA) / n) = 0.004 of pA: ~2% of d here
@@ -74,8 +76,9 @@ def test_certify_p_lower_exceeds_true_pa_at_most_alpha_of_the_time():
     # three classes with exact probabilities: pA = 0.6 is the true top-class probability
     probs, sigma, alpha, runs = [0.6, 0.3, 0.1], 1.0, 0.1, 4000
     sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma)
-    certs = sc.certify_batch(torch.zeros(runs, 2), n0=10, n=100, alpha=alpha, batch_size=8192,
-                             generator=torch.Generator().manual_seed(1))
+    certs = sc.certify_batch(
+        torch.zeros(runs, 2), n0=10, n=100, alpha=alpha, batch_size=8192, generator=torch.Generator().manual_seed(1)
+    )
     bad = sum((ct.selected == 0 and ct.p_lower > probs[0]) or (ct.label not in (0, ABSTAIN)) for ct in certs)
     assert bad <= _tolerance(runs, alpha)
     assert sum(ct.label == 0 for ct in certs) > runs // 2
@@ -86,8 +89,9 @@ def test_predict_returns_wrong_class_at_most_alpha_of_the_time():
     # g(x) = 0 with pA = 0.40 barely above pB = 0.37: the hardest case for PREDICT
     probs, sigma, alpha, runs = [0.40, 0.37, 0.23], 1.0, 0.1, 4000
     sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma)
-    preds = sc.predict_batch(torch.zeros(runs, 2), n=300, alpha=alpha, batch_size=8192,
-                             generator=torch.Generator().manual_seed(2))
+    preds = sc.predict_batch(
+        torch.zeros(runs, 2), n=300, alpha=alpha, batch_size=8192, generator=torch.Generator().manual_seed(2)
+    )
     wrong = sum(p.label not in (0, ABSTAIN) for p in preds)
     assert wrong <= _tolerance(runs, alpha)
     # plain arg-max (no test) is wrong far more often, so this test has power
@@ -127,8 +131,10 @@ def test_abstains_on_the_boundary(linear_model):
 def test_same_seed_same_results_and_batch_equals_single(linear_model):
     sc = SmoothedClassifier(linear_model, 2, 0.5)
     xs = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+
     def gens():
         return [torch.Generator().manual_seed(i) for i in range(8)]
+
     batch = sc.certify_batch(xs, n0=50, n=300, alpha=0.01, batch_size=256, generator=gens())
     assert batch == sc.certify_batch(xs, n0=50, n=300, alpha=0.01, batch_size=256, generator=gens())
     single = [sc.certify(xs[i], n0=50, n=300, alpha=0.01, batch_size=256, generator=g) for i, g in enumerate(gens())]
@@ -169,24 +175,56 @@ class Wide(torch.nn.Module):
         (lambda m: SmoothedClassifier(m, 2, float("nan")), None, ValueError, "sigma must be > 0 and finite, got nan"),
         (lambda m: SmoothedClassifier(m, 1, 0.5), None, ValueError, "num_classes must be >= 2, got 1"),
         (lambda m: SmoothedClassifier("model", 2, 0.5), None, TypeError, "base_classifier must be callable"),
-        (None, lambda sc, x: sc.certify(x, n0=10, n=100, alpha=0.0, batch_size=8), ValueError,
-         "alpha must be in (0, 1), got 0.0"),
-        (None, lambda sc, x: sc.predict(x, n=100, alpha=1.0, batch_size=8), ValueError,
-         "alpha must be in (0, 1), got 1.0"),
+        (
+            None,
+            lambda sc, x: sc.certify(x, n0=10, n=100, alpha=0.0, batch_size=8),
+            ValueError,
+            "alpha must be in (0, 1), got 0.0",
+        ),
+        (
+            None,
+            lambda sc, x: sc.predict(x, n=100, alpha=1.0, batch_size=8),
+            ValueError,
+            "alpha must be in (0, 1), got 1.0",
+        ),
         (None, lambda sc, x: sc.certify(x, n0=0, n=100, alpha=0.1, batch_size=8), ValueError, "n0 must be >= 1, got 0"),
         (None, lambda sc, x: sc.certify(x, n0=10, n=0, alpha=0.1, batch_size=8), ValueError, "n must be >= 1, got 0"),
-        (None, lambda sc, x: sc.predict(x, n=10, alpha=0.1, batch_size=0), ValueError,
-         "batch_size must be >= 1, got 0"),
-        (None, lambda sc, x: sc.certify(x.unsqueeze(0), n0=10, n=100, alpha=0.1, batch_size=8), ValueError,
-         "x must have shape (2,), got (1, 2)"),
-        (None, lambda sc, x: sc.certify_batch(x, n0=10, n=100, alpha=0.1, batch_size=8), ValueError,
-         "xs must have shape (batch, 2), got (2,)"),
-        (None, lambda sc, x: sc.certify(torch.tensor([0.0, float("nan")]), n0=10, n=100, alpha=0.1, batch_size=8),
-         ValueError, "x contains non-finite values"),
-        (None, lambda sc, x: sc.predict(torch.tensor([1, 2]), n=10, alpha=0.1, batch_size=8), TypeError,
-         "x must have a floating dtype, got torch.int64"),
-        (None, lambda sc, x: sc.predict([0.0, 1.0], n=10, alpha=0.1, batch_size=8), TypeError,
-         "x must be a torch.Tensor, got list"),
+        (
+            None,
+            lambda sc, x: sc.predict(x, n=10, alpha=0.1, batch_size=0),
+            ValueError,
+            "batch_size must be >= 1, got 0",
+        ),
+        (
+            None,
+            lambda sc, x: sc.certify(x.unsqueeze(0), n0=10, n=100, alpha=0.1, batch_size=8),
+            ValueError,
+            "x must have shape (2,), got (1, 2)",
+        ),
+        (
+            None,
+            lambda sc, x: sc.certify_batch(x, n0=10, n=100, alpha=0.1, batch_size=8),
+            ValueError,
+            "xs must have shape (batch, 2), got (2,)",
+        ),
+        (
+            None,
+            lambda sc, x: sc.certify(torch.tensor([0.0, float("nan")]), n0=10, n=100, alpha=0.1, batch_size=8),
+            ValueError,
+            "x contains non-finite values",
+        ),
+        (
+            None,
+            lambda sc, x: sc.predict(torch.tensor([1, 2]), n=10, alpha=0.1, batch_size=8),
+            TypeError,
+            "x must have a floating dtype, got torch.int64",
+        ),
+        (
+            None,
+            lambda sc, x: sc.predict([0.0, 1.0], n=10, alpha=0.1, batch_size=8),
+            TypeError,
+            "x must be a torch.Tensor, got list",
+        ),
     ],
 )
 def test_bad_input_names_argument_and_value(linear_model, build, call, exc, fragment):

@@ -52,8 +52,9 @@ def test_counts_shape_sum_and_distribution():
     model = Recorder()
     xs = torch.zeros(3, 4)
     xs[1, 0] = 10.0  # far on the positive side: always class 1
-    counts = sample_counts(model, xs, sigma=1.0, n=2000, num_classes=2, batch_size=512,
-                           generator=torch.Generator().manual_seed(0))
+    counts = sample_counts(
+        model, xs, sigma=1.0, n=2000, num_classes=2, batch_size=512, generator=torch.Generator().manual_seed(0)
+    )
     assert counts.shape == (3, 2) and counts.dtype == np.int64
     assert counts.sum(axis=1).tolist() == [2000] * 3
     assert counts[1].tolist() == [0, 2000]
@@ -70,28 +71,46 @@ def test_noise_has_standard_deviation_sigma():
         s = z[:, 0] - sigma
         return torch.stack([-s, s], dim=1)
 
-    counts = sample_counts(f, torch.zeros(1, 3), sigma=sigma, n=100_000, num_classes=2, batch_size=4096,
-                           generator=torch.Generator().manual_seed(1))
+    counts = sample_counts(
+        f,
+        torch.zeros(1, 3),
+        sigma=sigma,
+        n=100_000,
+        num_classes=2,
+        batch_size=4096,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert st.binomtest(int(counts[0, 1]), 100_000, st.norm.sf(1.0)).pvalue > 1e-6
 
 
 def test_same_seed_same_counts_and_per_input_generators_ignore_grouping():
     model = Recorder()
     xs = torch.randn(6, 5, generator=torch.Generator().manual_seed(3)) * 0.3
+
     def gens():
         return [torch.Generator().manual_seed(100 + i) for i in range(6)]
+
     together = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128, generator=gens())
     again = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128, generator=gens())
-    alone = np.concatenate([
-        sample_counts(model, xs[i : i + 1], sigma=0.5, n=50, num_classes=2, batch_size=128, generator=[g])
-        for i, g in enumerate(gens())
-    ])
+    alone = np.concatenate(
+        [
+            sample_counts(model, xs[i : i + 1], sigma=0.5, n=50, num_classes=2, batch_size=128, generator=[g])
+            for i, g in enumerate(gens())
+        ]
+    )
     larger_batch = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=1000, generator=gens())
     np.testing.assert_array_equal(together, again)
     np.testing.assert_array_equal(together, alone)
     np.testing.assert_array_equal(together, larger_batch)  # n <= batch_size: batch size does not matter
-    other = sample_counts(model, xs, sigma=0.5, n=50, num_classes=2, batch_size=128,
-                          generator=[torch.Generator().manual_seed(900 + i) for i in range(6)])
+    other = sample_counts(
+        model,
+        xs,
+        sigma=0.5,
+        n=50,
+        num_classes=2,
+        batch_size=128,
+        generator=[torch.Generator().manual_seed(900 + i) for i in range(6)],
+    )
     assert not np.array_equal(together, other)
 
 

@@ -1,0 +1,339 @@
+"""The ``smoothcert`` command line: train, certify, predict, analyze, visualize, demo.
+
+Errors in what the user asked for (a missing data directory, an unknown architecture, a bad
+checkpoint, a conflicting resume, an out-of-range argument) print one line and exit with
+status 2; result files are never truncated unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+
+
+def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--model", required=True, help="model directory written by 'smoothcert train'")
+    p.add_argument("--dataset", help="data set (default: the model's)")
+    p.add_argument("--data-dir", help="data directory (default: the data set's; or $SMOOTHCERT_DATA)")
+    p.add_argument("--split", default="test", choices=["train", "test", "val"], help="split (default: test)")
+    p.add_argument("--sigma", type=float, help="noise level (default: the model's training sigma)")
+    if command == "certify":
+        p.add_argument("--n0", type=_positive_int, default=100, help="selection samples (default: 100)")
+    p.add_argument("--n", type=_positive_int, default=100_000, help="samples (default: 100000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default: 0.001)")
+    p.add_argument("--batch", type=_positive_int, default=1000, help="forward-pass batch size (default: 1000)")
+    p.add_argument("--skip", type=_positive_int, default=1, help="use every skip-th example (default: 1)")
+    p.add_argument("--max", type=_positive_int, help="at most this many examples (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed; each example's noise depends on (seed, idx) only")
+    _add_device(p)
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="run the base model in mixed precision (CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the base model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the base model")
+    p.add_argument("--out", required=True, help="result TSV (resumed if it exists; FILE.json holds the configuration)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result file instead of resuming it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smoothcert", description="Certified L2 robustness by randomized smoothing.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a base classifier under Gaussian noise")
+    t.add_argument("--dataset", required=True)
+    t.add_argument(
+        "--arch", required=True, help="small_cnn, cifar_resnet20, cifar_resnet110, resnet50 or a torchvision model"
+    )
+    t.add_argument("--sigma", type=float, required=True, help="training noise level")
+    t.add_argument("--out", required=True, help="run directory (resumed from its last epoch if it exists)")
+    t.add_argument("--epochs", type=_positive_int, default=90)
+    t.add_argument("--batch", type=_positive_int, default=256)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument(
+        "--lr-step", type=_positive_int, default=30, help="multiply the lr by --gamma every this many epochs"
+    )
+    t.add_argument("--gamma", type=float, default=0.1)
+    _add_device(t)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    t.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
+    t.add_argument("--data-dir")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    for name, helptext in (
+        ("certify", "CERTIFY every selected example of a split"),
+        ("predict", "PREDICT every selected example of a split"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _add_run_args(p, name)
+        p.set_defaults(func=_cmd_run)
+
+    a = sub.add_parser("analyze", help="certified-accuracy tables and plots from certify logs")
+    a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (ours or the 2019 reference's)")
+    a.add_argument("--radii", default="0:1.5:0.25", help="'start:stop:step' or a comma list (default: 0:1.5:0.25)")
+    a.add_argument("--format", choices=["markdown", "latex", "csv", "json"], default="markdown")
+    a.add_argument("--label", action="append", help="label of each log, in order (default: from the sidecar)")
+    a.add_argument("--plot", help="draw certified accuracy against radius to FILE.png or FILE.pdf")
+    a.add_argument("--envelope", action="store_true", help="add the best over logs at each radius to the plot")
+    a.add_argument("--high-prob", type=float, metavar="GAMMA", help="add the lower bound holding w.p. >= 1 - GAMMA")
+    a.add_argument("--bound", choices=["cohen", "lecuyer", "li"], default="cohen", help="guarantee used for the radii")
+    a.add_argument("--sigma", type=float, help="sigma for logs without a sidecar (--bound)")
+    a.add_argument("--project-n", type=_positive_int, help="accuracy CERTIFY would report with this n")
+    a.add_argument("--project-alpha", type=float, help="accuracy CERTIFY would report at this alpha")
+    a.add_argument("--bounds-plot", help="draw radius against pA for the three guarantees to this file")
+    a.add_argument("--max-radius-plot", help="draw the largest certifiable radius against n to this file")
+    a.add_argument("--predict-logs", nargs="+", help="predict logs for the PREDICT quality table (paper Table 4)")
+    a.add_argument("--predict-reference", help="large-n predict log that stands for g(x)")
+    a.add_argument("--out", help="write the table here instead of standard output")
+    a.set_defaults(func=_cmd_analyze)
+
+    v = sub.add_parser("visualize", help="a PNG grid of examples under several noise levels")
+    v.add_argument("--dataset", required=True)
+    v.add_argument("--data-dir")
+    v.add_argument("--split", default="test", choices=["train", "test", "val"])
+    v.add_argument("--sigmas", type=_floats, default=[0.0, 0.25, 0.5, 1.0])
+    v.add_argument("--count", type=_positive_int, default=6, help="number of examples (rows)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True, help="PNG (or PDF) file")
+    v.set_defaults(func=_cmd_visualize)
+
+    d = sub.add_parser("demo", help="train, certify and tabulate on Fashion-MNIST (the README's main job)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--full", action="store_true", help="the paper's settings: N = 100000, the whole test set")
+    d.add_argument("--sigmas", type=_floats, default=[0.25, 0.5, 1.0])
+    d.add_argument("--data-dir")
+    _add_device(d)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import DistContext
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        sigma=args.sigma,
+        out=args.out,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        lr_step=args.lr_step,
+        gamma=args.gamma,
+        device=args.device,
+        seed=args.seed,
+        workers=args.workers,
+        train_limit=args.train_limit,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
+    dist = DistContext.from_env(args.device)
+    try:
+        meta = train(config, dist)
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(
+            f"trained {meta['arch']} on {meta['dataset']} at sigma={meta['sigma']:g}: "
+            f"clean accuracy {meta['clean_accuracy']:.4f}, noisy accuracy {meta['noisy_accuracy']:.4f} -> {args.out}"
+        )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .distributed import DistContext
+    from .runs import RunConfig, run
+
+    config = RunConfig(
+        command=args.command,
+        model=args.model,
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=args.split,
+        sigma=args.sigma,
+        n0=getattr(args, "n0", 100),
+        n=args.n,
+        alpha=args.alpha,
+        batch=args.batch,
+        skip=args.skip,
+        max=args.max,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    dist = DistContext.from_env(args.device)
+    try:
+        out = run(config, dist)
+    finally:
+        dist.close()
+    if dist.is_main and not args.quiet:
+        print(f"{args.command}: results in {out}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from . import analysis
+
+    outputs: list[str] = []
+    if args.logs:
+        labels = args.label or []
+        if labels and len(labels) != len(args.logs):
+            raise ValueError(f"--label was given {len(labels)} times for {len(args.logs)} logs")
+        logs = [analysis.read_certify_log(p, name=labels[i] if labels else None) for i, p in enumerate(args.logs)]
+        radii = analysis.parse_radii(args.radii)
+        if args.high_prob is not None and not 0 < args.high_prob < 1:
+            raise ValueError(f"--high-prob must be in (0, 1), got {args.high_prob}")
+        summaries = analysis.summarize(logs, radii, high_prob=args.high_prob, bound=args.bound, sigma=args.sigma)
+        if args.project_n is not None or args.project_alpha is not None:
+            for log, s in zip(logs, summaries, strict=True):
+                proj = analysis.project_certified_accuracy(
+                    log, radii, n=args.project_n, alpha=args.project_alpha, sigma=args.sigma
+                )
+                s.extra["projected_certified_accuracy"] = [float(v) for v in proj]
+                s.extra["projection"] = {"n": args.project_n, "alpha": args.project_alpha}
+        formatter = {
+            "markdown": analysis.format_markdown,
+            "latex": analysis.format_latex,
+            "csv": analysis.format_csv,
+            "json": analysis.format_json,
+        }[args.format]
+        outputs.append(formatter(summaries))
+        if args.format == "markdown" and (args.project_n or args.project_alpha):
+            for s in summaries:
+                values = ", ".join(f"{v:.2f}" for v in s.extra["projected_certified_accuracy"])
+                outputs.append(f"projected ({s.extra['projection']}) {s.name}: {values}\n")
+        if args.plot:
+            from .plotting import plot_certified_accuracy
+
+            plot_certified_accuracy(summaries, args.plot, envelope=args.envelope)
+    if args.predict_logs:
+        if not args.predict_reference:
+            raise ValueError("--predict-logs needs --predict-reference (a large-n predict log)")
+        ref = analysis.read_predict_log(args.predict_reference)
+        rows = analysis.predict_quality([analysis.read_predict_log(p) for p in args.predict_logs], ref)
+        outputs.append(_predict_table(rows, args.format))
+    if args.bounds_plot:
+        from .plotting import plot_bounds
+
+        plot_bounds(args.bounds_plot, sigma=args.sigma or 1.0)
+    if args.max_radius_plot:
+        from .plotting import plot_max_radius
+
+        plot_max_radius(args.max_radius_plot, sigma=args.sigma or 1.0)
+    if not (args.logs or args.predict_logs or args.bounds_plot or args.max_radius_plot):
+        raise ValueError("nothing to analyze: give certify logs, --predict-logs, --bounds-plot or --max-radius-plot")
+    text = "".join(outputs)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
+    import json
+
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    keys = ["correct_accurate", "correct_inaccurate", "incorrect_accurate", "incorrect_inaccurate", "abstain"]
+    if fmt == "csv":
+        return (
+            "name,n,examples,"
+            + ",".join(keys)
+            + "\n"
+            + "".join(
+                f"{r['name']},{r['n']},{r['examples']}," + ",".join(f"{r[k]:.4f}" for k in keys) + "\n" for r in rows
+            )
+        )
+    head = "| PREDICT | " + " | ".join(k.replace("_", ", ") for k in keys) + " |\n"
+    head += "|---|---:|---:|---:|---:|---:|\n"
+    return head + "".join(f"| {r['name']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |\n" for r in rows)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .data import load_dataset
+    from .plotting import plot_noise_grid
+
+    dataset: Any = load_dataset(args.dataset, args.split, args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    picks = rng.choice(len(dataset), size=min(args.count, len(dataset)), replace=False)
+    images = torch.stack([dataset[int(i)][0] for i in picks]).numpy()
+    out = plot_noise_grid(images, args.sigmas, args.out, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        out=args.out,
+        full=args.full,
+        sigmas=args.sigmas,
+        data_dir=args.data_dir,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError):
+        text = f"missing key {text}"
+    return text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``smoothcert`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"smoothcert {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"smoothcert {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,157 @@
+"""Result logs: TSV files that can be resumed, repaired after a crash, and never lost.
+
+A log starts with the 2019 reference's columns (``idx label predict radius correct time`` for
+certify, ``idx label predict correct time`` for predict) followed by smoothcert's extra
+columns. Beside ``FILE`` lives ``FILE.json``: the full configuration, model metadata and
+versions. Re-running the same command appends after the last complete row; a configuration
+that would change the rows is refused; an existing file is only replaced with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CERTIFY_COLUMNS",
+    "PREDICT_COLUMNS",
+    "ResultFileError",
+    "ResultWriter",
+    "merge_parts",
+    "read_rows",
+    "sidecar_path",
+]
+
+CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "count", "n", "n0", "p_lower", "selected")
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be continued as asked."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def _repair(path: Path) -> None:
+    """Cut a half-written last line (no trailing newline) left by a crash."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_rows(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
+    """Rows of a result file (repairing a torn last line), after checking its header."""
+    p = Path(path)
+    _repair(p)
+    lines = p.read_text().splitlines()
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    if tuple(header) != tuple(columns):
+        raise ResultFileError(f"{p} has columns {' '.join(header)!r}, expected {' '.join(columns)!r}")
+    return [line.split("\t") for line in lines[1:] if line]
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k))
+
+
+class ResultWriter:
+    """Appends rows to a result file, resuming it when it was written with the same ``identity``.
+
+    ``identity`` holds every setting that changes the rows (model, data, sigma, n, seed, ...);
+    ``sidecar`` is everything recorded in ``FILE.json`` (it must contain ``identity``).
+    """
+
+    def __init__(
+        self, path: str | Path, columns: Sequence[str], *, sidecar: dict[str, Any], overwrite: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        identity = sidecar["identity"]
+        meta = sidecar_path(self.path)
+        self.rows: list[list[str]] = []
+        if self.path.exists() and not overwrite:
+            if not meta.exists():
+                raise ResultFileError(
+                    f"{self.path} exists without its {meta.name} sidecar; refusing to append to it "
+                    "(pass --overwrite to replace it, or choose another --out)"
+                )
+            old = json.loads(meta.read_text()).get("identity", {})
+            if old != identity:
+                raise ResultFileError(
+                    f"{self.path} was written with a different configuration ({_diff(old, identity)}); "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            self.rows = read_rows(self.path, self.columns)
+            self._fh = self.path.open("a")
+            if self.path.stat().st_size == 0:
+                self._fh.write("\t".join(self.columns) + "\n")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+            tmp.replace(meta)
+            self._fh = self.path.open("w")
+            self._fh.write("\t".join(self.columns) + "\n")
+            self._fh.flush()
+        self.done = {int(r[0]) for r in self.rows}
+
+    def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Append rows in one write and flush them, so a crash leaves at most one torn line."""
+        text = "".join("\t".join(str(v) for v in row) + "\n" for row in rows)
+        self._fh.write(text)
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def merge_parts(
+    path: str | Path, parts: Sequence[Path], columns: Sequence[str], order: Sequence[int], sidecar: dict[str, Any]
+) -> int:
+    """Merge per-rank part files (and any rows already in ``path``) into ``path``, ordered as ``order``.
+
+    Written to a temporary file and renamed, so ``path`` is never left half-written; part
+    files are removed afterwards. Returns the number of rows written.
+    """
+    final = Path(path)
+    by_idx: dict[int, list[str]] = {}
+    sources = ([final] if final.exists() else []) + [p for p in parts if p.exists()]
+    for src in sources:
+        for row in read_rows(src, columns):
+            by_idx.setdefault(int(row[0]), row)
+    position = {idx: i for i, idx in enumerate(order)}
+    ordered = sorted(by_idx.values(), key=lambda r: (position.get(int(r[0]), len(order)), int(r[0])))
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.write_text("\t".join(columns) + "\n" + "".join("\t".join(r) + "\n" for r in ordered))
+    tmp.replace(final)
+    meta = sidecar_path(final)
+    if not meta.exists():
+        meta.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+    for p in parts:
+        if p.exists():
+            p.unlink()
+        side = sidecar_path(p)
+        if side.exists():
+            side.unlink()
+    return len(ordered)

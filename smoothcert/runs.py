@@ -1,0 +1,239 @@
+"""CERTIFY and PREDICT over a data set split, with resumable logs and torchrun sharding.
+
+Each example's noise comes from its own generator, seeded from ``(seed, idx)``, so a row
+depends only on the seed, the example's index and the settings: a run can be interrupted and
+resumed, or sharded over processes, without changing any row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ._checks import check_alpha, check_int, check_sigma
+from .classifier import SmoothedClassifier
+from .data import load_dataset
+from .distributed import DistContext
+from .models import load_model, versions
+from .results import (
+    CERTIFY_COLUMNS,
+    PREDICT_COLUMNS,
+    ResultFileError,
+    ResultWriter,
+    merge_parts,
+    read_rows,
+    sidecar_path,
+)
+from .train import resolve_device
+
+__all__ = ["RunConfig", "example_generator", "run"]
+
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def example_generator(seed: int, idx: int, device: torch.device) -> torch.Generator:
+    """The generator for example ``idx``: seeded from ``(seed, idx)`` by numpy's SeedSequence."""
+    state = np.random.SeedSequence([seed, idx]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of ``smoothcert certify`` / ``smoothcert predict``."""
+
+    command: Literal["certify", "predict"]
+    model: str
+    out: str
+    dataset: str | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    sigma: float | None = None
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch: int = 1000
+    skip: int = 1
+    max: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("n0", self.n0)
+        check_int("n", self.n)
+        check_int("batch", self.batch)
+        check_int("skip", self.skip)
+        check_int("seed", self.seed, 0)
+        check_alpha(self.alpha)
+        if self.max is not None:
+            check_int("max", self.max)
+        if self.sigma is not None:
+            check_sigma(self.sigma)
+        if self.amp is not None and self.amp not in AMP:
+            raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ex", disable=not enabled or None, dynamic_ncols=True, smoothing=0.1)
+
+
+def run(config: RunConfig, dist: DistContext | None = None) -> Path:
+    """Certify or predict the selected examples of a split; returns the path of the complete log."""
+    dist = dist or DistContext.single()
+    device = dist.device if dist.world_size > 1 else resolve_device(config.device)
+    if config.amp is not None and device.type != "cuda":
+        raise ValueError(f"amp {config.amp!r} needs a CUDA device, got {device.type!r}")
+    model, meta = load_model(config.model, device=device)
+    model_dir = Path(config.model) if Path(config.model).is_dir() else Path(config.model).parent
+    dataset_name = config.dataset or meta["dataset"]
+    sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
+    dataset = load_dataset(dataset_name, config.split, config.data_dir)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: Any = torch.compile(model) if config.compile else model
+
+    indices = list(range(0, len(dataset), config.skip))  # type: ignore[arg-type]
+    if config.max is not None:
+        indices = indices[: config.max]
+    identity = {
+        "command": config.command,
+        "model_sha256": _file_digest(model_dir / "model.safetensors"),
+        "dataset": dataset_name,
+        "split": config.split,
+        "sigma": sigma,
+        "n": config.n,
+        "alpha": config.alpha,
+        "seed": config.seed,
+        "device_type": device.type,
+        "amp": config.amp,
+        "channels_last": config.channels_last,
+        "compile": config.compile,
+    }
+    if config.command == "certify":
+        identity["n0"] = config.n0
+    if config.n > config.batch:  # the batch size splits each example's noise stream only when n exceeds it
+        identity["batch"] = config.batch
+    sidecar = {
+        "identity": identity,
+        "config": asdict(config),
+        "model": meta,
+        "versions": versions(),
+        "world_size": dist.world_size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    columns = CERTIFY_COLUMNS if config.command == "certify" else PREDICT_COLUMNS
+    out = Path(config.out)
+    if dist.world_size > 1:
+        part = out.with_name(f"{out.name}.part{dist.rank}-of-{dist.world_size}")
+        if config.overwrite and dist.is_main and out.exists():
+            out.unlink()
+        dist.barrier()
+        done_before = _rows_done(out, columns, sidecar) if out.exists() else set()
+        mine = [i for pos, i in enumerate(indices) if pos % dist.world_size == dist.rank and i not in done_before]
+        target = part
+    else:
+        mine, target = indices, out
+
+    smoothed = SmoothedClassifier(
+        forward,
+        int(meta["num_classes"]),
+        sigma,
+        device=device,
+        input_shape=tuple(meta["input_shape"]),
+        autocast_dtype=AMP[config.amp] if config.amp else None,
+        channels_last=config.channels_last,
+    )
+    with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
+        todo = [i for i in mine if i not in writer.done]
+        per_pass = max(
+            1, min(256, config.batch // min(config.n0 if config.command == "certify" else config.n, config.n))
+        )
+        bar = _progress(len(todo), config.progress and dist.is_main)
+        # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
+        position = {idx: p for p, idx in enumerate(mine)}
+        chunk: list[int] = []
+        for idx in todo:
+            chunk.append(idx)
+            if position[idx] % per_pass == per_pass - 1 or idx == todo[-1]:
+                writer.write(_process(smoothed, dataset, chunk, config, sigma, device))
+                bar.update(len(chunk))
+                chunk = []
+        bar.close()
+    if dist.world_size > 1:
+        dist.barrier()
+        if dist.is_main:
+            parts = [out.with_name(f"{out.name}.part{r}-of-{dist.world_size}") for r in range(dist.world_size)]
+            merge_parts(out, parts, columns, indices, sidecar)
+        dist.barrier()
+    return out
+
+
+def _rows_done(out: Path, columns: tuple[str, ...], sidecar: dict[str, Any]) -> set[int]:
+    """Indices already in a merged log, after checking it was written with the same identity."""
+    meta = sidecar_path(out)
+    if not meta.exists() or json.loads(meta.read_text()).get("identity") != sidecar["identity"]:
+        raise ResultFileError(
+            f"{out} was written with a different configuration; pass --overwrite or choose another --out"
+        )
+    return {int(r[0]) for r in read_rows(out, columns)}
+
+
+def _process(
+    smoothed: SmoothedClassifier, dataset: Any, chunk: list[int], config: RunConfig, sigma: float, device: torch.device
+) -> list[list[Any]]:
+    items = [dataset[i] for i in chunk]
+    xs = torch.stack([x for x, _ in items])
+    labels = [int(y) for _, y in items]
+    gens = [example_generator(config.seed, i, device) for i in chunk]
+    began = time.perf_counter()
+    rows: list[list[Any]] = []
+    if config.command == "certify":
+        certs = smoothed.certify_batch(
+            xs, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens
+        )
+        elapsed = (time.perf_counter() - began) / len(chunk)
+        for i, y, c in zip(chunk, labels, certs, strict=True):
+            rows.append(
+                [
+                    i,
+                    y,
+                    c.label,
+                    repr(c.radius),
+                    int(c.label == y),
+                    f"{elapsed:.6f}",
+                    c.count,
+                    c.n,
+                    c.n0,
+                    repr(c.p_lower),
+                    c.selected,
+                ]
+            )
+    else:
+        preds = smoothed.predict_batch(xs, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens)
+        elapsed = (time.perf_counter() - began) / len(chunk)
+        for i, y, p in zip(chunk, labels, preds, strict=True):
+            rows.append(
+                [i, y, p.label, int(p.label == y), f"{elapsed:.6f}", p.count, p.runner_up_count, p.n, repr(p.pvalue)]
+            )
+    return rows
