@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-radius-plot", help="draw the largest certifiable radius against n to this file")
     a.add_argument("--predict-logs", nargs="+", help="predict logs for the PREDICT quality table (paper Table 4)")
     a.add_argument("--predict-reference", help="large-n predict log that stands for g(x)")
+    a.add_argument(
+        "--empirical", action="append", default=[], help="DeepFool log ('smoothcert attack --deepfool') drawn dashed"
+    )
     a.add_argument("--out", help="write the table here instead of standard output")
     a.set_defaults(func=_cmd_analyze)
 
@@ -134,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
+    k = sub.add_parser("attack", help="PGD on the smoothed classifier (tightness) or DeepFool on the base model")
+    k.add_argument("--model", required=True)
+    k.add_argument("--out", required=True, help="result TSV (resumed if it exists)")
+    k.add_argument("--certify-log", help="certify log whose certified-correct examples are attacked")
+    k.add_argument("--multiples", type=_floats, help="attack radii as multiples of each certified radius, e.g. 1.5,2")
+    k.add_argument("--radii", type=_floats, help="absolute attack radii")
+    k.add_argument("--deepfool", action="store_true", help="instead: DeepFool's minimal L2 norm against the base model")
+    k.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default: 20)")
+    k.add_argument("--num-noise", type=_positive_int, default=32, help="noise draws per PGD step (default: 32)")
+    k.add_argument("--step-factor", type=float, default=2.5, help="PGD step = factor * radius / steps (default: 2.5)")
+    k.add_argument("--n", type=_positive_int, default=1000, help="PREDICT samples judging success (default: 1000)")
+    k.add_argument("--alpha", type=float, default=0.001)
+    k.add_argument("--batch", type=_positive_int, default=1000)
+    k.add_argument("--max", type=_positive_int, help="at most this many examples")
+    k.add_argument("--skip", type=_positive_int, default=1, help="DeepFool: every skip-th example")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--data-dir")
+    k.add_argument("--dataset")
+    k.add_argument("--split", default="test", choices=["train", "test", "val"])
+    k.add_argument("--sigma", type=float, help="smoothing sigma (default: the certify log's)")
+    k.add_argument("--overwrite", action="store_true")
+    _add_device(k)
+    k.set_defaults(func=_cmd_attack)
     return parser
 
 
@@ -241,9 +267,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 values = ", ".join(f"{v:.2f}" for v in s.extra["projected_certified_accuracy"])
                 outputs.append(f"projected ({s.extra['projection']}) {s.name}: {values}\n")
         if args.plot:
+            from .attack_runs import empirical_curve
             from .plotting import plot_certified_accuracy
 
-            plot_certified_accuracy(summaries, args.plot, envelope=args.envelope)
+            empirical = [empirical_curve(p) for p in args.empirical]
+            plot_certified_accuracy(summaries, args.plot, envelope=args.envelope, empirical=empirical)
     if args.predict_logs:
         if not args.predict_reference:
             raise ValueError("--predict-logs needs --predict-reference (a large-n predict log)")
@@ -286,6 +314,38 @@ def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
     head = "| PREDICT | " + " | ".join(k.replace("_", ", ") for k in keys) + " |\n"
     head += "|---|---:|---:|---:|---:|---:|\n"
     return head + "".join(f"| {r['name']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |\n" for r in rows)
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from .attack_runs import AttackConfig, run_deepfool, run_tightness
+
+    config = AttackConfig(
+        model=args.model,
+        out=args.out,
+        certify_log=args.certify_log,
+        multiples=tuple(args.multiples) if args.multiples else None,
+        radii=tuple(args.radii) if args.radii else None,
+        steps=args.steps,
+        num_noise=args.num_noise,
+        step_factor=args.step_factor,
+        n=args.n,
+        alpha=args.alpha,
+        batch=args.batch,
+        max=args.max,
+        skip=args.skip,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        split=args.split,
+        sigma=args.sigma,
+        overwrite=args.overwrite,
+    )
+    summary = run_deepfool(config) if args.deepfool else run_tightness(config)
+    import json
+
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:

@@ -132,7 +132,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     }
     if config.command == "certify":
         identity["n0"] = config.n0
-    if config.n > config.batch:  # the batch size splits each example's noise stream only when n exceeds it
+    largest = max(config.n, config.n0) if config.command == "certify" else config.n
+    if largest > config.batch:  # the batch size splits an example's noise stream only when a draw exceeds it
         identity["batch"] = config.batch
     sidecar = {
         "identity": identity,

@@ -68,7 +68,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_sigma(self.sigma)
+        if self.sigma != 0:  # sigma = 0 trains an undefended baseline (e.g. for DeepFool)
+            check_sigma(self.sigma)
         for name in ("epochs", "batch", "lr_step"):
             check_int(name, getattr(self, name), 1)
         check_int("workers", self.workers, 0)
@@ -217,7 +218,7 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            noisy = x + torch.randn_like(x) * config.sigma  # fresh noise for every example in every batch
+            noisy = x + torch.randn_like(x) * config.sigma if config.sigma else x  # fresh noise per example per batch
             logits = net(noisy)
             loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,236 @@
+"""``smoothcert attack``: the tightness experiment on certified examples, and DeepFool curves.
+
+Tightness (paper Sec. 4): for each example a certify log reports correct at radius R, attack
+the smoothed classifier with :func:`~smoothcert.attacks.smoothed_pgd` at radii ``m * R`` (or at
+absolute radii) and judge success with PREDICT at the perturbed point: the attack succeeds
+when PREDICT returns a class other than the label (an abstention is not a success).
+
+DeepFool (paper Fig. 6, dashed): the minimal L2 adversarial norm of each test example against
+a base classifier, from which ``smoothcert analyze --empirical`` draws an empirical
+robust-accuracy curve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from . import analysis
+from ._checks import check_alpha, check_int
+from .attacks import deepfool, empirical_robust_accuracy, smoothed_pgd
+from .classifier import SmoothedClassifier
+from .data import load_dataset
+from .models import load_model, versions
+from .results import ResultWriter, read_rows
+from .runs import example_generator
+from .train import resolve_device
+
+__all__ = ["ATTACK_COLUMNS", "DEEPFOOL_COLUMNS", "AttackConfig", "empirical_curve", "run_deepfool", "run_tightness"]
+
+ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
+DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    model: str
+    out: str
+    certify_log: str | None = None
+    multiples: tuple[float, ...] | None = None
+    radii: tuple[float, ...] | None = None
+    steps: int = 20
+    num_noise: int = 32
+    step_factor: float = 2.5
+    n: int = 1000
+    alpha: float = 0.001
+    batch: int = 1000
+    max: int | None = None
+    skip: int = 1
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    dataset: str | None = None
+    split: str = "test"
+    sigma: float | None = None
+    deepfool_steps: int = 50
+    overshoot: float = 0.02
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 0)
+        check_int("num_noise", self.num_noise)
+        check_int("n", self.n)
+        check_int("batch", self.batch)
+        check_alpha(self.alpha)
+        for name in ("multiples", "radii"):
+            vals = getattr(self, name)
+            if vals is not None and (len(vals) == 0 or any(not v > 0 for v in vals)):
+                raise ValueError(f"{name} must be positive numbers, got {vals}")
+
+
+def run_tightness(config: AttackConfig) -> dict[str, Any]:
+    """Attack every certified-correct example of ``config.certify_log``; returns the success summary."""
+    if config.certify_log is None:
+        raise ValueError("the tightness attack needs --certify-log (a certify log of this model)")
+    if (config.multiples is None) == (config.radii is None):
+        raise ValueError("give exactly one of --multiples and --radii")
+    device = resolve_device(config.device)
+    model, meta = load_model(config.model, device=device)
+    log = analysis.read_certify_log(config.certify_log)
+    side = log.sidecar or {}
+    identity = side.get("identity", {})
+    sigma = config.sigma or identity.get("sigma") or meta["sigma"]
+    dataset = load_dataset(
+        config.dataset or identity.get("dataset") or meta["dataset"],
+        identity.get("split", config.split),
+        config.data_dir,
+    )
+    targets = [(int(i), float(r)) for i, r, ok in zip(log.idx, log.radius, log.correct, strict=True) if ok and r > 0]
+    if config.max is not None:
+        targets = targets[: config.max]
+    smoothed = SmoothedClassifier(model, int(meta["num_classes"]), float(sigma), device=device)
+    sidecar = {
+        "identity": {
+            "command": "attack",
+            "certify_log": str(Path(config.certify_log).resolve()),
+            "sigma": float(sigma),
+            "multiples": config.multiples,
+            "radii": config.radii,
+            "steps": config.steps,
+            "num_noise": config.num_noise,
+            "step_factor": config.step_factor,
+            "n": config.n,
+            "alpha": config.alpha,
+            "seed": config.seed,
+            "device_type": device.type,
+        },
+        "config": asdict(config),
+        "model": meta,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with ResultWriter(config.out, ATTACK_COLUMNS, sidecar=sidecar, overwrite=config.overwrite) as writer:
+        for idx, radius in targets:
+            if idx in writer.done:
+                continue
+            x, y = dataset[idx]
+            eps = [m * radius for m in config.multiples] if config.multiples else list(config.radii or ())
+            k = len(eps)
+            xs = x.unsqueeze(0).repeat(k, *[1] * x.ndim).to(device)
+            eps_t = torch.tensor(eps, dtype=xs.dtype, device=device)
+            adv = smoothed_pgd(
+                model,
+                xs,
+                torch.full((k,), int(y)),
+                sigma=float(sigma),
+                epsilon=eps_t,
+                steps=config.steps,
+                step_size=config.step_factor * eps_t / max(config.steps, 1),
+                num_noise=config.num_noise,
+                generator=example_generator(config.seed, idx, device),
+            )
+            judge = [example_generator(config.seed + 1, idx * 1000 + j, device) for j in range(k)]
+            preds = smoothed.predict_batch(
+                adv, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=judge
+            )
+            norms = (adv - xs).flatten(1).norm(dim=1).tolist()
+            rows = []
+            for j in range(k):
+                success = int(preds[j].label not in (int(y), -1))
+                multiple = eps[j] / radius
+                rows.append(
+                    [
+                        idx,
+                        int(y),
+                        repr(radius),
+                        repr(eps[j]),
+                        repr(norms[j]),
+                        preds[j].label,
+                        success,
+                        f"{multiple:.6g}",
+                    ]
+                )
+            writer.write(rows)
+    summary = _summarize_attack(Path(config.out))
+    Path(str(config.out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _summarize_attack(path: Path) -> dict[str, Any]:
+    rows = read_rows(path, ATTACK_COLUMNS)
+    groups: dict[str, list[int]] = {}
+    for r in rows:
+        key = r[7] if r[7] else r[3]
+        groups.setdefault(key, []).append(int(r[6]))
+    return {
+        "examples": len({r[0] for r in rows}),
+        "success_rate": {k: float(np.mean(v)) for k, v in sorted(groups.items(), key=lambda kv: float(kv[0]))},
+        "attacks": {k: len(v) for k, v in groups.items()},
+    }
+
+
+def run_deepfool(config: AttackConfig) -> dict[str, Any]:
+    """DeepFool's minimal L2 norm for every selected example of a split, against the base classifier."""
+    device = resolve_device(config.device)
+    model, meta = load_model(config.model, device=device)
+    dataset: Any = load_dataset(config.dataset or meta["dataset"], config.split, config.data_dir)
+    indices = list(range(0, len(dataset), config.skip))
+    if config.max is not None:
+        indices = indices[: config.max]
+    sidecar = {
+        "identity": {
+            "command": "deepfool",
+            "dataset": config.dataset or meta["dataset"],
+            "split": config.split,
+            "steps": config.deepfool_steps,
+            "overshoot": config.overshoot,
+        },
+        "config": asdict(config),
+        "model": meta,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with ResultWriter(config.out, DEEPFOOL_COLUMNS, sidecar=sidecar, overwrite=config.overwrite) as writer:
+        todo = [i for i in indices if i not in writer.done]
+        for start in range(0, len(todo), 128):
+            chunk = todo[start : start + 128]
+            xs = torch.stack([dataset[i][0] for i in chunk]).to(device)
+            ys = torch.tensor([int(dataset[i][1]) for i in chunk], device=device)
+            with torch.no_grad():
+                pred = model(xs).argmax(1)
+            _, norms, ok = deepfool(model, xs, ys, steps=config.deepfool_steps, overshoot=config.overshoot)
+            writer.write(
+                [
+                    [i, int(ys[j]), int(pred[j]), int(pred[j] == ys[j]), repr(float(norms[j])), int(ok[j])]
+                    for j, i in enumerate(chunk)
+                ]
+            )
+    rows = read_rows(config.out, DEEPFOOL_COLUMNS)
+    norms_all = np.array([float(r[4]) for r in rows])
+    return {
+        "examples": len(rows),
+        "clean_accuracy": float(np.mean([r[3] == "1" for r in rows])),
+        "median_norm_correct": float(np.median(norms_all[norms_all > 0])) if np.any(norms_all > 0) else 0.0,
+    }
+
+
+def empirical_curve(
+    path: str | Path, radii: NDArray[np.float64] | None = None
+) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+    """``(label, radii, robust accuracy)`` from a DeepFool log, for a dashed line beside certified curves."""
+    rows = read_rows(path, DEEPFOOL_COLUMNS)
+    norms = np.array([float(r[4]) for r in rows])
+    grid = np.linspace(0.0, 2.0, 401) if radii is None else radii
+    side = Path(str(path) + ".json")
+    label = "DeepFool (empirical)"
+    if side.exists():
+        meta = json.loads(side.read_text()).get("model", {})
+        label = f"DeepFool vs {meta.get('arch', 'model')} trained at σ={meta.get('sigma', '?')}"
+    return label, grid, empirical_robust_accuracy(norms, grid)

@@ -1,0 +1,140 @@
+"""torchrun: certification sharded over 2 CPU processes (gloo) equals a single-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthdata import write_idx_dataset
+
+from smoothcert.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "smoothcert",
+        *args,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    data = write_idx_dataset(root / "data", n_train=64, n_test=25)
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(data),
+                "--arch",
+                "small_cnn",
+                "--sigma",
+                "0.5",
+                "--out",
+                str(root / "m"),
+                "--epochs",
+                "1",
+                "--batch",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return root, data
+
+
+def _strip_time(path: Path) -> list[list[str]]:
+    return [r[:5] + r[6:] for r in (ln.split("\t") for ln in path.read_text().splitlines())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["certify", "predict"])
+def test_torchrun_two_processes_equals_single_process(setup, command):
+    root, data = setup
+    common = [
+        command,
+        "--model",
+        str(root / "m"),
+        "--data-dir",
+        str(data),
+        "--n",
+        "120",
+        "--batch",
+        "50",
+        "--alpha",
+        "0.05",
+        "--seed",
+        "3",
+        "--skip",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    if command == "certify":
+        common += ["--n0", "20"]
+    single, multi = root / f"{command}_single.tsv", root / f"{command}_multi.tsv"
+    assert main([*common, "--out", str(single)]) == 0
+    _torchrun([*common, "--out", str(multi)], root)
+    assert _strip_time(multi) == _strip_time(single)
+    assert len(_strip_time(multi)) == 1 + 13
+    assert not list(root.glob(f"{multi.name}.part*")), "part files are merged and removed"
+    assert (
+        json.loads(Path(str(multi) + ".json").read_text())["identity"]
+        == json.loads(Path(str(single) + ".json").read_text())["identity"]
+    )
+    _torchrun([*common, "--out", str(multi)], root)  # re-running resumes: nothing to add, nothing lost
+    assert _strip_time(multi) == _strip_time(single)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_ddp(setup):
+    root, data = setup
+    out = root / "ddp"
+    _torchrun(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(data),
+            "--arch",
+            "small_cnn",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        root,
+    )
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["epochs"] == 2 and (out / "model.safetensors").exists()
+    assert [r.split("\t")[0] for r in (out / "train_log.tsv").read_text().splitlines()[1:]] == ["1", "2"]
