@@ -102,14 +102,16 @@ def _sync(device: torch.device) -> None:
 def round_times(fns: list[Callable[[], Any]], repeats: int, device: torch.device) -> np.ndarray:
     """Times of each function in each of ``repeats`` rounds, shape (repeats, len(fns)).
 
-    Each round runs every function once, interleaved, so a change in the machine's speed hits
+    Each round runs every function once, interleaved and in rotated order, so a change in the machine's speed hits
     them alike; ratios are then taken per round and summarized by their median.
     """
     for fn in fns:
         fn()  # warm-up (allocations, cudnn autotune, compilation)
     times = np.zeros((repeats, len(fns)))
     for r in range(repeats):
-        for i, fn in enumerate(fns):
+        for j in range(len(fns)):
+            i = (j + r) % len(fns)  # rotate the order, so no function always runs first
+            fn = fns[i]
             _sync(device)
             t = time.perf_counter()
             fn()
