@@ -28,6 +28,8 @@ __all__ = [
     "Summary",
     "average_certified_radius",
     "certified_accuracy",
+    "empirical_curve",
+    "empirical_robust_accuracy",
     "format_csv",
     "format_json",
     "format_latex",
@@ -389,6 +391,38 @@ def format_csv(summaries: Sequence[Summary]) -> str:
 
 def format_json(summaries: Sequence[Summary]) -> str:
     return json.dumps([s.to_json() for s in summaries], indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------- empirical (attack) curves
+
+DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
+
+
+def empirical_robust_accuracy(norms: NDArray[np.float64], radii: Any) -> NDArray[np.float64]:
+    """Fraction of examples whose minimal adversarial norm exceeds ``r`` (0 for misclassified ones).
+
+    An empirical *upper* bound on robust accuracy at each radius ``r``.
+    """
+    n = np.asarray(norms, dtype=np.float64)
+    r = np.asarray(radii, dtype=np.float64)
+    return (n[None, :] > r[:, None]).mean(axis=1) if n.size else np.zeros(r.shape)
+
+
+def empirical_curve(
+    path: str | Path, radii: NDArray[np.float64] | None = None
+) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+    """``(label, radii, robust accuracy)`` from a DeepFool log, for a dashed line beside certified curves."""
+    from .results import read_rows
+
+    rows = read_rows(path, DEEPFOOL_COLUMNS)
+    norms = np.array([float(r[4]) for r in rows])
+    grid = np.linspace(0.0, 2.5, 501) if radii is None else radii
+    side = _sidecar(Path(path))
+    label = "DeepFool (empirical)"
+    if side:
+        meta = side.get("model", {})
+        label = f"DeepFool vs {meta.get('arch', 'model')} trained at σ={meta.get('sigma', '?')}"
+    return label, grid, empirical_robust_accuracy(norms, grid)
 
 
 # ----------------------------------------------------------------------------- PREDICT quality (Table 4)

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from . import analysis
 from ._checks import check_alpha, check_int
-from .attacks import deepfool, empirical_robust_accuracy, smoothed_pgd
+from .analysis import DEEPFOOL_COLUMNS
+from .attacks import deepfool, smoothed_pgd
 from .classifier import SmoothedClassifier
 from .data import load_dataset
 from .models import load_model, versions
@@ -32,10 +32,9 @@ from .results import ResultWriter, read_rows
 from .runs import example_generator
 from .train import resolve_device
 
-__all__ = ["ATTACK_COLUMNS", "DEEPFOOL_COLUMNS", "AttackConfig", "empirical_curve", "run_deepfool", "run_tightness"]
+__all__ = ["ATTACK_COLUMNS", "DEEPFOOL_COLUMNS", "AttackConfig", "run_deepfool", "run_tightness"]
 
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
-DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
 
 
 @dataclass(frozen=True)
@@ -219,18 +218,3 @@ def run_deepfool(config: AttackConfig) -> dict[str, Any]:
         "clean_accuracy": float(np.mean([r[3] == "1" for r in rows])),
         "median_norm_correct": float(np.median(norms_all[norms_all > 0])) if np.any(norms_all > 0) else 0.0,
     }
-
-
-def empirical_curve(
-    path: str | Path, radii: NDArray[np.float64] | None = None
-) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
-    """``(label, radii, robust accuracy)`` from a DeepFool log, for a dashed line beside certified curves."""
-    rows = read_rows(path, DEEPFOOL_COLUMNS)
-    norms = np.array([float(r[4]) for r in rows])
-    grid = np.linspace(0.0, 2.0, 401) if radii is None else radii
-    side = Path(str(path) + ".json")
-    label = "DeepFool (empirical)"
-    if side.exists():
-        meta = json.loads(side.read_text()).get("model", {})
-        label = f"DeepFool vs {meta.get('arch', 'model')} trained at σ={meta.get('sigma', '?')}"
-    return label, grid, empirical_robust_accuracy(norms, grid)

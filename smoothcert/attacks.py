@@ -8,13 +8,13 @@ tight the certificates are (paper Sec. 4, App. J.3) and how an undefended networ
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from ._checks import check_int, check_sigma
+from .analysis import empirical_robust_accuracy
 from .sampling import _eval_mode
 
 __all__ = ["deepfool", "empirical_robust_accuracy", "smoothed_pgd"]
@@ -125,13 +125,3 @@ def deepfool(
     ok = success.cpu().numpy().astype(bool)
     norms = np.where(wrong.cpu().numpy(), 0.0, np.where(ok, norms, np.inf))
     return adv.detach(), norms, ok | wrong.cpu().numpy()
-
-
-def empirical_robust_accuracy(norms: NDArray[np.float64], radii: Any) -> NDArray[np.float64]:
-    """Fraction of examples whose minimal adversarial norm exceeds ``r`` (0 for misclassified ones).
-
-    An empirical *upper* bound on robust accuracy at each radius ``r``.
-    """
-    n = np.asarray(norms, dtype=np.float64)
-    r = np.asarray(radii, dtype=np.float64)
-    return (n[None, :] > r[:, None]).mean(axis=1) if n.size else np.zeros(r.shape)

@@ -267,10 +267,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 values = ", ".join(f"{v:.2f}" for v in s.extra["projected_certified_accuracy"])
                 outputs.append(f"projected ({s.extra['projection']}) {s.name}: {values}\n")
         if args.plot:
-            from .attack_runs import empirical_curve
             from .plotting import plot_certified_accuracy
 
-            empirical = [empirical_curve(p) for p in args.empirical]
+            empirical = [analysis.empirical_curve(p) for p in args.empirical]
             plot_certified_accuracy(summaries, args.plot, envelope=args.envelope, empirical=empirical)
     if args.predict_logs:
         if not args.predict_reference:
