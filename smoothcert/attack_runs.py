@@ -29,7 +29,7 @@ from .classifier import SmoothedClassifier
 from .data import load_dataset
 from .models import load_model, versions
 from .results import ResultWriter, read_rows
-from .runs import example_generator
+from .runs import example_generator, select_indices
 from .train import resolve_device
 
 __all__ = ["ATTACK_COLUMNS", "DEEPFOOL_COLUMNS", "AttackConfig", "run_deepfool", "run_tightness"]
@@ -180,9 +180,7 @@ def run_deepfool(config: AttackConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     model, meta = load_model(config.model, device=device)
     dataset: Any = load_dataset(config.dataset or meta["dataset"], config.split, config.data_dir)
-    indices = list(range(0, len(dataset), config.skip))
-    if config.max is not None:
-        indices = indices[: config.max]
+    indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)
     sidecar = {
         "identity": {
             "command": "deepfool",

@@ -21,6 +21,7 @@ __all__ = [
     "ResultFileError",
     "ResultWriter",
     "merge_parts",
+    "read_resumable",
     "read_rows",
     "sidecar_path",
 ]
@@ -69,6 +70,27 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k))
 
 
+def read_resumable(path: str | Path, columns: Sequence[str], identity: dict[str, Any]) -> list[list[str]]:
+    """Rows of an existing result file that may be continued with ``identity``.
+
+    Raises :class:`ResultFileError` when the file has no sidecar or was written with another identity.
+    """
+    p = Path(path)
+    meta = sidecar_path(p)
+    if not meta.exists():
+        raise ResultFileError(
+            f"{p} exists without its {meta.name} sidecar; refusing to append to it "
+            "(pass --overwrite to replace it, or choose another --out)"
+        )
+    old = json.loads(meta.read_text()).get("identity", {})
+    if old != identity:
+        raise ResultFileError(
+            f"{p} was written with a different configuration ({_diff(old, identity)}); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    return read_rows(p, columns)
+
+
 class ResultWriter:
     """Appends rows to a result file, resuming it when it was written with the same ``identity``.
 
@@ -85,18 +107,7 @@ class ResultWriter:
         meta = sidecar_path(self.path)
         self.rows: list[list[str]] = []
         if self.path.exists() and not overwrite:
-            if not meta.exists():
-                raise ResultFileError(
-                    f"{self.path} exists without its {meta.name} sidecar; refusing to append to it "
-                    "(pass --overwrite to replace it, or choose another --out)"
-                )
-            old = json.loads(meta.read_text()).get("identity", {})
-            if old != identity:
-                raise ResultFileError(
-                    f"{self.path} was written with a different configuration ({_diff(old, identity)}); "
-                    "pass --overwrite to replace it, or choose another --out"
-                )
-            self.rows = read_rows(self.path, self.columns)
+            self.rows = read_resumable(self.path, self.columns, identity)
             self._fh = self.path.open("a")
             if self.path.stat().st_size == 0:
                 self._fh.write("\t".join(self.columns) + "\n")

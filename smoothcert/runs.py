@@ -8,7 +8,6 @@ resumed, or sharded over processes, without changing any row.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,17 +24,20 @@ from .models import load_model, versions
 from .results import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
-    ResultFileError,
     ResultWriter,
     merge_parts,
-    read_rows,
-    sidecar_path,
+    read_resumable,
 )
 from .train import resolve_device
 
-__all__ = ["RunConfig", "example_generator", "run"]
+__all__ = ["RunConfig", "example_generator", "run", "select_indices"]
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def select_indices(size: int, *, skip: int, max_examples: int | None) -> list[int]:
+    """Every ``skip``-th index of a data set of ``size`` examples, at most ``max_examples`` of them."""
+    return list(range(0, size, skip))[:max_examples]
 
 
 def example_generator(seed: int, idx: int, device: torch.device) -> torch.Generator:
@@ -113,9 +115,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         model = model.to(memory_format=torch.channels_last)
     forward: Any = torch.compile(model) if config.compile else model
 
-    indices = list(range(0, len(dataset), config.skip))  # type: ignore[arg-type]
-    if config.max is not None:
-        indices = indices[: config.max]
+    indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)  # type: ignore[arg-type]
     identity = {
         "command": config.command,
         "model_sha256": _file_digest(model_dir / "model.safetensors"),
@@ -150,7 +150,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         if config.overwrite and dist.is_main and out.exists():
             out.unlink()
         dist.barrier()
-        done_before = _rows_done(out, columns, sidecar) if out.exists() else set()
+        done_before = {int(r[0]) for r in read_resumable(out, columns, identity)} if out.exists() else set()
         mine = [i for pos, i in enumerate(indices) if pos % dist.world_size == dist.rank and i not in done_before]
         target = part
     else:
@@ -167,9 +167,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     )
     with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
         todo = [i for i in mine if i not in writer.done]
-        per_pass = max(
-            1, min(256, config.batch // min(config.n0 if config.command == "certify" else config.n, config.n))
-        )
+        smallest_draw = min(config.n0, config.n) if config.command == "certify" else config.n
+        per_pass = max(1, min(256, config.batch // smallest_draw))  # examples whose draws share a pass
         bar = _progress(len(todo), config.progress and dist.is_main)
         # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
         position = {idx: p for p, idx in enumerate(mine)}
@@ -188,16 +187,6 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
             merge_parts(out, parts, columns, indices, sidecar)
         dist.barrier()
     return out
-
-
-def _rows_done(out: Path, columns: tuple[str, ...], sidecar: dict[str, Any]) -> set[int]:
-    """Indices already in a merged log, after checking it was written with the same identity."""
-    meta = sidecar_path(out)
-    if not meta.exists() or json.loads(meta.read_text()).get("identity") != sidecar["identity"]:
-        raise ResultFileError(
-            f"{out} was written with a different configuration; pass --overwrite or choose another --out"
-        )
-    return {int(r[0]) for r in read_rows(out, columns)}
 
 
 def _process(
