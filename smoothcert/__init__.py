@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",
+    "AdaptiveCertificate",
     "Certificate",
     "Prediction",
     "SmoothedClassifier",
@@ -27,6 +28,7 @@ __all__ = [
 
 _LAZY = {
     "ABSTAIN": "classifier",
+    "AdaptiveCertificate": "classifier",
     "Certificate": "classifier",
     "Prediction": "classifier",
     "SmoothedClassifier": "classifier",
@@ -35,7 +37,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .classifier import ABSTAIN, Certificate, Prediction, SmoothedClassifier, SmoothingWarning
+    from .classifier import ABSTAIN, AdaptiveCertificate, Certificate, Prediction, SmoothedClassifier, SmoothingWarning
     from .sampling import sample_counts
 
 

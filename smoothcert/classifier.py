@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from . import stats
+from . import sequential, stats
 from ._checks import check_alpha, check_int, check_sigma
 from .sampling import GeneratorArg, sample_counts
 
-__all__ = ["ABSTAIN", "Certificate", "Prediction", "SmoothedClassifier", "SmoothingWarning"]
+__all__ = ["ABSTAIN", "AdaptiveCertificate", "Certificate", "Prediction", "SmoothedClassifier", "SmoothingWarning"]
 
 ABSTAIN: int = -1
 """Label returned when PREDICT or CERTIFY abstains."""
@@ -107,6 +107,54 @@ class Prediction:
         return self.label == ABSTAIN
 
 
+@dataclass(frozen=True)
+class AdaptiveCertificate:
+    """Result of sequential CERTIFY (:meth:`SmoothedClassifier.certify_adaptive`) for one input.
+
+    With probability at least ``1 - alpha`` over the sampling, whatever stopping rule ran: if
+    ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta||_2 < radius``
+    (construction and proof sketch: :mod:`smoothcert.sequential`).
+
+    Attributes:
+        label: the certified class, or ``ABSTAIN`` (-1).
+        radius: the certified radius (0.0 when abstaining); in decision mode it is ``> radius_tested``.
+        decision: ``certified``, ``not_certified`` (stopped early: futility) or ``undecided`` (``n_max`` reached).
+        n_used: every forward pass spent on this input, selection included.
+        stage: the last stage run (1-based).
+        p_lower: the lower bound on ``pA`` behind ``radius`` (level ``alpha`` over all stages).
+        p_upper: the last stage's futility upper bound on ``pA`` (level ``beta``).
+        count: votes for the selected class among the ``n`` estimation samples.
+        n: estimation samples drawn.
+        n0: selection samples (0 in evaluation mode, ``label=`` given).
+        alpha: failure probability of the certificate.
+        beta: futility level (affects power only).
+        sigma: noise level.
+        selected: the class whose probability was bounded.
+        radius_tested: the radius ``r`` of decision mode, ``None`` in max-radius mode.
+    """
+
+    label: int
+    radius: float
+    decision: str
+    n_used: int
+    stage: int
+    p_lower: float
+    p_upper: float
+    count: int
+    n: int
+    n0: int
+    alpha: float
+    beta: float
+    sigma: float
+    selected: int
+    radius_tested: float | None
+
+    @property
+    def abstained(self) -> bool:
+        """True when no radius was certified."""
+        return self.label == ABSTAIN
+
+
 def _model_device(model: Callable[..., object]) -> torch.device | None:
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
@@ -129,7 +177,11 @@ class SmoothedClassifier:
             model's parameters, or of each input when the model has none.
         input_shape: if given, every input must have exactly this shape.
         autocast_dtype: run the base classifier under ``torch.autocast`` with this dtype.
-        channels_last: lay 4-d batches out in channels-last memory format.
+        channels_last: feed 4-d batches to the model in channels-last memory format.
+        pass_size: the largest forward pass (default: the ``batch_size`` of each call); it
+            changes speed only, never results.
+
+    An explicit ``device`` moves a ``torch.nn.Module`` base classifier there.
 
     Results depend on the generator's seed, ``n0``, ``n``, the batch size when ``n`` exceeds it,
     the device, and the numerics of the base classifier; with these fixed they are
@@ -146,6 +198,7 @@ class SmoothedClassifier:
         input_shape: Sequence[int] | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        pass_size: int | None = None,
     ) -> None:
         if not callable(base_classifier):
             raise TypeError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
@@ -153,9 +206,12 @@ class SmoothedClassifier:
         self.num_classes = check_int("num_classes", num_classes, 2)
         self.sigma = check_sigma(sigma)
         self.device = torch.device(device) if device is not None else _model_device(base_classifier)
+        if device is not None and isinstance(base_classifier, torch.nn.Module):
+            base_classifier.to(self.device)
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
+        self.pass_size = check_int("pass_size", pass_size) if pass_size is not None else None
 
     def __repr__(self) -> str:
         return f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, device={self.device})"
@@ -188,7 +244,9 @@ class SmoothedClassifier:
         xs = self._prepare(xs, batch=True)
         return self._counts(xs, n=n, batch_size=batch_size, generator=generator)
 
-    def _counts(self, xs: torch.Tensor, *, n: int, batch_size: int, generator: GeneratorArg) -> NDArray[np.int64]:
+    def _counts(
+        self, xs: torch.Tensor, *, n: int | Sequence[int], batch_size: int, generator: GeneratorArg
+    ) -> NDArray[np.int64]:
         return sample_counts(
             self.base_classifier,
             xs,
@@ -197,6 +255,7 @@ class SmoothedClassifier:
             num_classes=self.num_classes,
             batch_size=batch_size,
             generator=generator,
+            pass_size=self.pass_size,
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )
@@ -331,3 +390,215 @@ class SmoothedClassifier:
             )
             for i in range(len(xs))
         ]
+
+    # ------------------------------------------------------------------ sequential CERTIFY
+
+    def _radius_of(self, p_lower: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Certified radius for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
+        return np.atleast_1d(np.asarray(stats.cohen_radius(p_lower, sigma=self.sigma), dtype=np.float64))
+
+    def _threshold(self, radius: float) -> float:
+        """``p*``: the value ``pA`` must exceed for ``radius`` to be certified."""
+        from scipy.stats import norm
+
+        return float(norm.cdf(radius / self.sigma))
+
+    def certify_adaptive(
+        self,
+        x: torch.Tensor,
+        *,
+        alpha: float,
+        n_max: int,
+        batch_size: int,
+        radius: float | None = None,
+        n0: int = 100,
+        beta: float | None = None,
+        n_first: int = 64,
+        radius_cap: float | None = None,
+        radius_tol: float | None = None,
+        label: int | None = None,
+        generator: GeneratorArg = None,
+    ) -> AdaptiveCertificate:
+        """Sequential CERTIFY: the same guarantee as :meth:`certify`, stopping as soon as the data decide.
+
+        **Decision mode** (``radius=r``): tests ``H0: pA <= p*`` with ``p* = Phi(r / sigma)``
+        on a doubling stage grid from ``n_first`` to ``n_max``; ``certified`` as soon as the
+        stage's lower bound clears ``p*``. **Max-radius mode** (``radius=None``): the largest
+        radius the samples support, stopping at ``radius_cap`` or when more samples cannot
+        raise it by more than ``radius_tol`` (default ``0.01 * sigma``).
+
+        With probability at least ``1 - alpha`` a non-abstaining result is correct, whatever
+        the stopping rule (union bound over the grid, :mod:`smoothcert.sequential`). ``beta``
+        (default ``alpha``) only sets how often a certifiable input is given up on early.
+
+        The class is selected with ``n0`` separate samples that never enter the bound.
+        ``label=c`` (evaluation mode) skips selection and asks "is ``g`` robustly ``c`` here?":
+        right for certified accuracy, where only the true label's certificate counts; not for
+        deployment, where the label is unknown.
+        """
+        xs = self._prepare(x, batch=False)
+        labels = None if label is None else [label]
+        return self._certify_adaptive(
+            xs,
+            alpha=alpha,
+            n_max=n_max,
+            batch_size=batch_size,
+            radius=radius,
+            n0=n0,
+            beta=beta,
+            n_first=n_first,
+            radius_cap=radius_cap,
+            radius_tol=radius_tol,
+            labels=labels,
+            generator=generator,
+        )[0]
+
+    def certify_adaptive_batch(
+        self,
+        xs: torch.Tensor,
+        *,
+        alpha: float,
+        n_max: int,
+        batch_size: int,
+        radius: float | None = None,
+        n0: int = 100,
+        beta: float | None = None,
+        n_first: int = 64,
+        radius_cap: float | None = None,
+        radius_tol: float | None = None,
+        labels: Sequence[int] | None = None,
+        generator: GeneratorArg = None,
+    ) -> list[AdaptiveCertificate]:
+        """:meth:`certify_adaptive` for each input of ``xs``; the next stage of every still-active
+        input shares forward passes, so inputs that stop early never leave passes half empty.
+
+        With one generator per input, each result equals what :meth:`certify_adaptive` gives
+        with that generator alone.
+        """
+        xs = self._prepare(xs, batch=True)
+        return self._certify_adaptive(
+            xs,
+            alpha=alpha,
+            n_max=n_max,
+            batch_size=batch_size,
+            radius=radius,
+            n0=n0,
+            beta=beta,
+            n_first=n_first,
+            radius_cap=radius_cap,
+            radius_tol=radius_tol,
+            labels=labels,
+            generator=generator,
+        )
+
+    def _certify_adaptive(
+        self,
+        xs: torch.Tensor,
+        *,
+        alpha: float,
+        n_max: int,
+        batch_size: int,
+        radius: float | None,
+        n0: int,
+        beta: float | None,
+        n_first: int,
+        radius_cap: float | None,
+        radius_tol: float | None,
+        labels: Sequence[int] | None,
+        generator: GeneratorArg,
+    ) -> list[AdaptiveCertificate]:
+        schedule = sequential.make_schedule(n_max=n_max, alpha=alpha, beta=beta, n_first=n_first)
+        batch_size = check_int("batch_size", batch_size)
+        k = len(xs)
+        if radius is not None:
+            radius = _nonnegative("radius", radius)
+        if radius_cap is not None:
+            radius_cap = _nonnegative("radius_cap", radius_cap)
+        tol = 0.01 * self.sigma if radius_tol is None else _nonnegative("radius_tol", radius_tol)
+        gens = _per_input(generator, k)
+        if labels is None:
+            n0 = check_int("n0", n0)
+            selected = self._counts(xs, n=n0, batch_size=batch_size, generator=generator).argmax(axis=1)
+        else:
+            if len(labels) != k:
+                raise ValueError(f"labels must give one label per input ({k}), got {len(labels)}")
+            for c in labels:
+                check_int("label", c, 0)
+                if c >= self.num_classes:
+                    raise ValueError(f"label must be < num_classes={self.num_classes}, got {c!r}")
+            selected = np.asarray(labels, dtype=np.int64)
+            n0 = 0
+        p_star = self._threshold(radius) if radius is not None else None
+        count = np.zeros(k, dtype=np.int64)
+        best = np.zeros(k)
+        results: list[AdaptiveCertificate | None] = [None] * k
+        active = np.arange(k)
+        drawn = 0
+        for stage, size in enumerate(schedule.sizes):
+            sub_gens = None if gens is None else [gens[i] for i in active]
+            votes = self._counts(xs[torch.as_tensor(active)], n=size - drawn, batch_size=batch_size, generator=sub_gens)
+            count[active] += votes[np.arange(len(active)), selected[active]]
+            drawn = size
+            if p_star is not None:
+                decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star)
+                stop = decision != sequential.CONTINUE
+                rad = np.where(decision == sequential.CERTIFIED, self._radius_of(lower), 0.0)
+            else:
+                stop, rad, lower, upper = sequential.max_radius_step(
+                    count[active],
+                    stage,
+                    schedule,
+                    best[active],
+                    radius_of=self._radius_of,
+                    radius_cap=radius_cap,
+                    radius_tol=tol,
+                )
+                best[active] = lower
+                last = stage == schedule.num_stages - 1
+                decision = np.where(
+                    rad > 0, sequential.CERTIFIED, sequential.UNDECIDED if last else sequential.NOT_CERTIFIED
+                )
+            for j in np.flatnonzero(stop):
+                i = int(active[j])
+                certified = decision[j] == sequential.CERTIFIED
+                results[i] = AdaptiveCertificate(
+                    label=int(selected[i]) if certified else ABSTAIN,
+                    radius=float(rad[j]) if certified else 0.0,
+                    decision=str(decision[j]),
+                    n_used=n0 + size,
+                    stage=stage + 1,
+                    p_lower=float(lower[j]),
+                    p_upper=float(upper[j]),
+                    count=int(count[i]),
+                    n=size,
+                    n0=n0,
+                    alpha=schedule.alpha,
+                    beta=schedule.beta,
+                    sigma=self.sigma,
+                    selected=int(selected[i]),
+                    radius_tested=radius,
+                )
+            active = active[~stop]
+            if len(active) == 0:
+                break
+        assert all(r is not None for r in results), "the last stage stops every input"
+        return [r for r in results if r is not None]
+
+
+def _nonnegative(name: str, value: float) -> float:
+    v = float(value)
+    if not (v >= 0 and np.isfinite(v)):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
+    return v
+
+
+def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return [generator] * k
+    gens = list(generator)
+    if len(gens) != k:
+        raise ValueError(f"generator must be one torch.Generator or one per input ({k}), got {len(gens)}")
+    return gens
+

@@ -11,7 +11,7 @@ import torch
 from oracles import ThresholdClasses
 from scipy import stats as st
 
-from smoothcert import ABSTAIN, Certificate, Prediction, SmoothedClassifier, SmoothingWarning
+from smoothcert import ABSTAIN, AdaptiveCertificate, Certificate, Prediction, SmoothedClassifier, SmoothingWarning
 from smoothcert import stats as S
 
 
@@ -99,10 +99,66 @@ def test_predict_returns_wrong_class_at_most_alpha_of_the_time():
     assert int((counts.argmax(axis=1) != 0).sum()) > _tolerance(runs, alpha)
 
 
-def test_certify_uses_fresh_samples_for_estimation(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
-    sc.certify(torch.tensor([0.3, 0.0]), n0=37, n=250, alpha=0.01, batch_size=64)
-    assert linear_model.samples_seen == 37 + 250
+class _InputRecorder(torch.nn.Module):
+    """Records every noisy input it classifies (row by row) and votes by the first coordinate's sign."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.seen.append(z.detach().clone())
+        s = z.flatten(1)[:, 0]
+        return torch.stack([-s, s], dim=1)
+
+
+def _fresh_draws_check(reuse: bool) -> tuple[int, int, int]:
+    """Run CERTIFY on a recording model; returns (selection rows, estimation rows, rows shared by both)."""
+    rec = _InputRecorder()
+    sc = SmoothedClassifier(rec, 2, 0.5)
+    if reuse:  # planted bug: estimation re-runs the selection's generator state, i.e. reuses its noise
+        original = sc._counts
+
+        def replay(xs, *, n, batch_size, generator):
+            state = generator.get_state()
+            out = original(xs, n=n, batch_size=batch_size, generator=generator)
+            generator.set_state(state)
+            return out
+
+        sc._counts = replay  # type: ignore[method-assign]
+    sc.certify(torch.tensor([0.3, 0.0]), n0=37, n=250, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(0))
+    rows = torch.cat(rec.seen)
+    selection, estimation = rows[:37], rows[37:]
+    shared = {tuple(r.tolist()) for r in selection} & {tuple(r.tolist()) for r in estimation}
+    return len(selection), len(estimation), len(shared)
+
+
+def test_certify_uses_fresh_samples_for_estimation():
+    # the selection's 37 noisy inputs and the estimation's 250 are disjoint draws: no noisy input
+    # (a pair of continuous coordinates) of one phase appears in the other
+    n_sel, n_est, shared = _fresh_draws_check(reuse=False)
+    assert (n_sel, n_est) == (37, 250)
+    assert shared == 0
+
+
+def test_fresh_samples_check_catches_reused_noise():
+    # positive control: estimation that restarts from the selection's generator state re-draws
+    # (most of) the same noisy inputs, and the check sees them (torch draws a 37-vector and the
+    # start of a 64-vector identically up to its last partial block of 16)
+    _, _, shared = _fresh_draws_check(reuse=True)
+    assert shared >= 16
+
+
+def test_explicit_device_moves_the_model():
+    moved: list[torch.device] = []
+
+    class Spy(torch.nn.Linear):
+        def to(self, *args, **kwargs):  # type: ignore[override]
+            moved.append(torch.device(args[0]))
+            return super().to(*args, **kwargs)
+
+    SmoothedClassifier(Spy(2, 2), 2, 0.5, device="cpu")
+    assert moved == [torch.device("cpu")]
 
 
 def test_certificate_fields(linear_model):
@@ -244,3 +300,120 @@ def test_model_output_width_must_match_num_classes():
     sc = SmoothedClassifier(Wide(), 10, 0.5)
     with pytest.raises(ValueError, match=r"num_classes=10.*got shape \(\d+, 7\)"):
         sc.certify(torch.zeros(3), n0=10, n=100, alpha=0.1, batch_size=8)
+
+
+# ---------------------------------------------------------------- sequential CERTIFY
+#
+# Oracle: the half-space classifier (tests/oracles.py) at distance d from its boundary has
+# pA = Phi(d / sigma) exactly and the smoothed classifier's true robust radius is exactly d.
+# Validity tests run R seeded inputs (one generator each) and allow up to the binomial
+# (1 - 1e-4) quantile of false certificates at rate alpha: a valid procedure fails such a test
+# with probability < 1e-4 (and the seeds are fixed). Each has a positive control: the same test
+# on "naive peeking" (full alpha at every stage, i.e. re-checking a fixed-alpha bound) fails.
+
+
+def _at_distance(d: float, runs: int) -> torch.Tensor:
+    w = torch.tensor([3.0, -4.0])
+    return ((5 * d - 0.5) * w / 25).repeat(runs, 1)  # w.x + b = 5 d, so distance d on class 1's side
+
+
+def _naive(monkeypatch):
+    from smoothcert import sequential
+
+    real = sequential.make_schedule
+
+    def full_alpha_every_stage(**kw):
+        s = real(**kw)
+        return sequential.Schedule(s.sizes, (kw["alpha"],) * s.num_stages, s.betas)
+
+    monkeypatch.setattr(sequential, "make_schedule", full_alpha_every_stage)
+
+
+def _false_certificates(linear_model, mode: str, runs: int) -> int:
+    sigma, d, alpha = 0.5, 0.5, 0.05  # pA = Phi(1) = 0.841
+    sc = SmoothedClassifier(linear_model, 2, sigma)
+    gens = [torch.Generator().manual_seed(50_000 + i) for i in range(runs)]
+    kw = {"radius": d} if mode == "decision" else {"radius_tol": 0.0}
+    certs = sc.certify_adaptive_batch(
+        _at_distance(d, runs), alpha=alpha, n_max=2048, batch_size=65_536, labels=[1] * runs, generator=gens, **kw
+    )
+    if mode == "decision":
+        return sum(c.decision == "certified" for c in certs)  # H0 pA <= Phi(d / sigma) holds with equality
+    return sum(c.radius > d for c in certs)  # a radius beyond the true robust radius d is false
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["decision", "max_radius"])
+def test_adaptive_false_certificate_rate_at_most_alpha(linear_model, mode):
+    runs = 5000
+    false = _false_certificates(linear_model, mode, runs)
+    assert false <= st.binom.ppf(1 - 1e-4, runs, 0.05), f"{false} of {runs}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["decision", "max_radius"])
+def test_adaptive_validity_test_catches_naive_peeking(linear_model, monkeypatch, mode):
+    _naive(monkeypatch)
+    runs = 5000
+    false = _false_certificates(linear_model, mode, runs)
+    assert false > st.binom.ppf(1 - 1e-4, runs, 0.05), f"naive peeking gave only {false} of {runs}"
+
+
+def test_adaptive_pa_one_certified_at_the_first_stage(linear_model):
+    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    x = _at_distance(20.0, 1)[0]  # pA = 1 to double precision
+    c = sc.certify_adaptive(x, radius=0.5, alpha=0.001, n0=100, n_max=100_000, batch_size=1000,
+                            generator=torch.Generator().manual_seed(0))
+    assert (c.decision, c.stage, c.n, c.n_used, c.label, c.selected) == ("certified", 1, 64, 164, 1, 1)
+    assert c.radius > 0.5 and c.p_lower == pytest.approx((0.001 / 12) ** (1 / 64))
+    assert isinstance(c, AdaptiveCertificate) and not c.abstained
+    far = sc.certify_adaptive(-x, radius=0.5, alpha=0.001, n_max=100_000, batch_size=1000, label=1,
+                              generator=torch.Generator().manual_seed(0))
+    assert (far.decision, far.stage, far.n0, far.n_used, far.label) == ("not_certified", 1, 0, 64, ABSTAIN)
+
+
+def test_adaptive_max_radius_stops_at_cap_and_matches_fixed_n_without_early_stop(linear_model):
+    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    x = _at_distance(20.0, 1)[0]
+    capped = sc.certify_adaptive(x, alpha=0.001, n_max=100_000, batch_size=1000, radius_cap=0.5, label=1,
+                                 generator=torch.Generator().manual_seed(0))
+    assert capped.stage == 1 and capped.radius >= 0.5 and capped.radius_tested is None
+    full = sc.certify_adaptive(x, alpha=0.001, n_max=100_000, batch_size=4096, label=1, radius_tol=0.0,
+                               generator=torch.Generator().manual_seed(0))
+    # pA = 1 never stops early without a cap: the final stage's bound is (alpha / 12) ** (1 / n_max)
+    assert full.n == 100_000 and full.radius == pytest.approx(0.5 * st.norm.ppf((0.001 / 12) ** 1e-5))
+
+
+def test_adaptive_results_ignore_grouping(linear_model):
+    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    xs = torch.stack([_at_distance(d, 1)[0] for d in (0.05, 0.3, 0.6, 1.2, -0.2)])
+
+    def gens():
+        return [torch.Generator().manual_seed(7 + i) for i in range(5)]
+
+    for kw in ({"radius": 0.25}, {"radius_cap": 0.8}):
+        together = sc.certify_adaptive_batch(xs, alpha=0.01, n_max=5000, batch_size=300, generator=gens(), **kw)
+        alone = [
+            sc.certify_adaptive(xs[i], alpha=0.01, n_max=5000, batch_size=300, generator=g, **kw)
+            for i, g in enumerate(gens())
+        ]
+        assert together == alone
+        assert len({c.stage for c in together}) > 1  # inputs did stop at different stages
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragment"),
+    [
+        ({"radius": -1.0}, ValueError, "radius must be >= 0 and finite, got -1.0"),
+        ({"n_max": 0}, ValueError, "n_max must be >= 1, got 0"),
+        ({"label": 5}, ValueError, "label must be < num_classes=2, got 5"),
+        ({"beta": 2.0}, ValueError, "beta must be in (0, 1), got 2.0"),
+        ({"radius_cap": float("nan")}, ValueError, "radius_cap must be >= 0 and finite"),
+    ],
+)
+def test_adaptive_validates_arguments(linear_model, kwargs, exc, fragment):
+    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    args = {"alpha": 0.01, "n_max": 100, "batch_size": 100} | kwargs
+    with pytest.raises(exc) as info:
+        sc.certify_adaptive(torch.zeros(2), **args)
+    assert fragment in str(info.value)

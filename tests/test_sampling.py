@@ -32,7 +32,7 @@ class Recorder(torch.nn.Module):
 
 @pytest.mark.parametrize(("k", "n", "bs"), [(1, 1, 1), (5, 10, 32), (3, 100, 64), (4, 250, 100), (7, 3, 3), (2, 7, 5)])
 def test_plan_covers_every_sample_within_batch_size(k, n, bs):
-    batches = list(plan_batches(k, n, bs))
+    batches = list(plan_batches([n] * k, bs))
     per_input = np.zeros(k, dtype=int)
     for batch in batches:
         assert 0 < sum(size for _, size in batch) <= bs
@@ -44,7 +44,7 @@ def test_plan_covers_every_sample_within_batch_size(k, n, bs):
 
 
 def test_small_n_is_packed():
-    batches = list(plan_batches(10, 100, 1000))
+    batches = list(plan_batches([100] * 10, 1000))
     assert len(batches) == 1 and len(batches[0]) == 10
 
 
@@ -135,6 +135,84 @@ def test_noise_in_input_dtype():
     model = Recorder().double()
     sample_counts(model, torch.zeros(2, 3, dtype=torch.float64), sigma=1.0, n=10, num_classes=2, batch_size=8)
     assert model.dtypes == {torch.float64}
+
+
+class Seen(torch.nn.Module):
+    """Keeps a float64 copy of every input it classifies, in logical (not memory) order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+        self.formats: list[bool] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(z.double().contiguous())
+        self.formats.append(z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous())
+        s = z.flatten(1)[:, 0].float()
+        return torch.stack([-s, s], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_get_float32_noise(dtype):
+    # the model sees cast(x + eps) with x + eps formed in float32 from float32 Gaussian draws,
+    # not x + eps with eps drawn in half precision (a coarsely quantized Gaussian)
+    x = torch.rand(1, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    model = Seen()
+    sample_counts(model, x, sigma=0.3, n=50, num_classes=2, batch_size=64, generator=torch.Generator().manual_seed(7))
+    eps = torch.empty(50, 64).normal_(0.0, 0.3, generator=torch.Generator().manual_seed(7))
+    expected = (x.float() + eps).to(dtype).double()
+    assert torch.equal(model.inputs[0], expected)
+    # control: the half-precision draw the old engine made differs from it
+    half = torch.empty(50, 64, dtype=dtype).normal_(0.0, 0.3, generator=torch.Generator().manual_seed(7))
+    assert not torch.equal((x + half).double(), expected)
+
+
+def test_channels_last_and_pass_size_change_neither_noise_nor_counts():
+    # 3-channel images: the noisy inputs (in logical order) and the counts are identical with and
+    # without channels-last and whatever the pass size; the model does get channels-last batches
+    xs = torch.rand(3, 3, 5, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(**kw):
+        model = Seen()
+        gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+        counts = sample_counts(model, xs, sigma=0.5, n=40, num_classes=2, batch_size=64, generator=gens, **kw)
+        return counts, torch.cat(model.inputs), model
+
+    plain_counts, plain_inputs, _ = run()
+    for kw in ({"channels_last": True}, {"pass_size": 7}, {"channels_last": True, "pass_size": 16}):
+        counts, inputs, model = run(**kw)
+        np.testing.assert_array_equal(counts, plain_counts)
+        assert torch.equal(inputs, plain_inputs)
+        if kw.get("channels_last"):
+            assert all(model.formats)
+        if "pass_size" in kw:
+            assert max(len(t) for t in model.inputs) <= kw["pass_size"]
+
+
+def test_channels_last_check_catches_a_layout_dependent_draw():
+    # positive control for the test above: drawing into a channels-last buffer (the old engine)
+    # gives other noise at the same logical positions
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    plain = torch.empty(2, 3, 5, 4).normal_(generator=g1)
+    cl = torch.empty(2, 3, 5, 4).contiguous(memory_format=torch.channels_last).normal_(generator=g2)
+    assert not torch.equal(plain, cl)
+
+
+def test_per_input_sample_sizes_and_zero():
+    model = Recorder()
+    counts = sample_counts(model, torch.zeros(3, 2), sigma=1.0, n=[5, 0, 70], num_classes=2, batch_size=32)
+    assert counts.sum(axis=1).tolist() == [5, 0, 70]
+    with pytest.raises(ValueError, match="one per input"):
+        sample_counts(model, torch.zeros(3, 2), sigma=1.0, n=[5, 1], num_classes=2, batch_size=32)
+
+
+def test_generator_on_another_device_index_is_refused():
+    from smoothcert.sampling import same_device
+
+    assert same_device(torch.device("cpu"), torch.device("cpu"))
+    assert not same_device(torch.device("cuda", 0), torch.device("cuda", 1))  # the old check compared types only
+    assert same_device(torch.device("cuda", 1), torch.device("cuda", 1))
+    assert not same_device(torch.device("cpu"), torch.device("cuda", 0))
 
 
 def test_wrong_output_width_is_reported():
