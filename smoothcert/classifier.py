@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -178,8 +179,10 @@ class SmoothedClassifier:
         input_shape: if given, every input must have exactly this shape.
         autocast_dtype: run the base classifier under ``torch.autocast`` with this dtype.
         channels_last: feed 4-d batches to the model in channels-last memory format.
-        pass_size: the largest forward pass (default: the ``batch_size`` of each call); it
-            changes speed only, never results.
+        pass_size: the largest forward pass: an int, ``"auto"`` (measured once per model,
+            input shape and device by :func:`smoothcert.perf.choose_pass_size`, at most the
+            call's ``batch_size``) or ``None`` (the ``batch_size`` of each call). It changes
+            speed only, never results.
 
     An explicit ``device`` moves a ``torch.nn.Module`` base classifier there.
 
@@ -198,7 +201,7 @@ class SmoothedClassifier:
         input_shape: Sequence[int] | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
-        pass_size: int | None = None,
+        pass_size: int | Literal["auto"] | None = None,
     ) -> None:
         if not callable(base_classifier):
             raise TypeError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
@@ -211,7 +214,9 @@ class SmoothedClassifier:
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
-        self.pass_size = check_int("pass_size", pass_size) if pass_size is not None else None
+        if pass_size is not None and pass_size != "auto":
+            check_int("pass_size", pass_size)
+        self.pass_size = pass_size
 
     def __repr__(self) -> str:
         return f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, device={self.device})"
@@ -247,6 +252,18 @@ class SmoothedClassifier:
     def _counts(
         self, xs: torch.Tensor, *, n: int | Sequence[int], batch_size: int, generator: GeneratorArg
     ) -> NDArray[np.int64]:
+        pass_size = self.pass_size
+        if pass_size == "auto":
+            from .perf import choose_pass_size
+
+            pass_size = choose_pass_size(
+                self.base_classifier,
+                tuple(xs.shape[1:]),
+                device=xs.device,
+                max_size=batch_size,
+                channels_last=self.channels_last,
+                autocast_dtype=self.autocast_dtype,
+            )
         return sample_counts(
             self.base_classifier,
             xs,
@@ -255,7 +272,7 @@ class SmoothedClassifier:
             num_classes=self.num_classes,
             batch_size=batch_size,
             generator=generator,
-            pass_size=self.pass_size,
+            pass_size=pass_size,
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )

@@ -248,4 +248,5 @@ def sample_counts(
             counts[lo : lo + span] += votes.view(span, num_classes)
     return counts.cpu().numpy()
 
+
 _eval_mode = eval_mode  # transitional alias

@@ -147,7 +147,9 @@ class Seen(torch.nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         self.inputs.append(z.double().contiguous())
-        self.formats.append(z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous())
+        self.formats.append(
+            z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+        )
         s = z.flatten(1)[:, 0].float()
         return torch.stack([-s, s], dim=1)
 
@@ -236,3 +238,35 @@ def test_engine_validates_arguments(kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         sample_counts(Recorder(), torch.zeros(2, 3), **args)
     assert fragment in str(info.value)
+
+
+def test_noise_is_float32_before_a_bf16_autocast_model():
+    # under autocast the model's own layers compute in bf16; the noisy input it receives was drawn
+    # and added in float32 (the smoothing distribution is the exact float32 Gaussian)
+    model = Seen()
+    sample_counts(
+        model,
+        torch.zeros(1, 2, 3, 3),
+        sigma=0.5,
+        n=20,
+        num_classes=2,
+        batch_size=32,
+        autocast_dtype=torch.bfloat16,
+        generator=torch.Generator().manual_seed(0),
+    )
+    eps = torch.empty(20, 2, 3, 3).normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.inputs[0], eps.double())
+
+
+def test_auto_pass_size_gives_the_same_counts():
+    from smoothcert import SmoothedClassifier
+
+    model = Recorder()
+    xs = torch.zeros(3, 4)
+    plain = SmoothedClassifier(model, 2, 0.5).sample_counts(
+        xs, n=300, batch_size=256, generator=[torch.Generator().manual_seed(i) for i in range(3)]
+    )
+    auto = SmoothedClassifier(model, 2, 0.5, pass_size="auto").sample_counts(
+        xs, n=300, batch_size=256, generator=[torch.Generator().manual_seed(i) for i in range(3)]
+    )
+    np.testing.assert_array_equal(plain, auto)
