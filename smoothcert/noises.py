@@ -90,8 +90,9 @@ class Noise(ABC):
         self, p_lower: ArrayLike, *, norm: str, dim: int | None = None, p_upper_b: ArrayLike | None = None
     ) -> Any:
         """Certified ``norm`` radius for ``pA >= p_lower`` (see :func:`smoothcert.radii.radius`)."""
-        return _radii.radius(self.name, p_lower, sigma=self.sigma, norm=self.check_norm(norm), dim=dim,
-                             p_upper_b=p_upper_b)
+        return _radii.radius(
+            self.name, p_lower, sigma=self.sigma, norm=self.check_norm(norm), dim=dim, p_upper_b=p_upper_b
+        )
 
     def threshold(self, radius: ArrayLike, *, norm: str, dim: int | None = None) -> Any:
         """Smallest pA certifying ``radius`` (see :func:`smoothcert.radii.threshold`)."""
@@ -182,4 +183,3 @@ def make_noise(name: str, sigma: float) -> Noise:
     if not isinstance(name, str) or name not in _CLASSES:
         raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {name!r}")
     return _CLASSES[name](sigma)
-

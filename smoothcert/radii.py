@@ -49,8 +49,8 @@ __all__ = [
     "gaussian_radius",
     "gaussian_threshold",
     "laplace_radius",
-    "laplace_threshold",
     "laplace_scale",
+    "laplace_threshold",
     "radius",
     "supported_norms",
     "threshold",
@@ -115,9 +115,7 @@ def _check_norm(noise: str, norm: Any) -> str:
     if not isinstance(norm, str) or norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if norm not in _SUPPORTED[noise]:
-        raise ValueError(
-            f"norm {norm!r} is not certified by {noise} noise (supported: {', '.join(_SUPPORTED[noise])})"
-        )
+        raise ValueError(f"norm {norm!r} is not certified by {noise} noise (supported: {', '.join(_SUPPORTED[noise])})")
     return norm
 
 
