@@ -1,0 +1,185 @@
+"""Noise distributions for randomized smoothing: samplers (torch) and their certified radii.
+
+Each noise is parameterized by ``sigma``, its per-coordinate standard deviation, so noise
+levels compare across families; the family's own scale is derived from ``sigma``:
+
+* :class:`Gaussian`: N(0, sigma^2) coordinates; certifies l2 (Cohen et al. 2019, Thm 1), and
+  l1 and linf through norm inclusions.
+* :class:`Laplace`: Laplace(0, b) coordinates, ``b = sigma / sqrt(2)``; certifies l1
+  (Teng, Lee & Yuan, ICLR 2020).
+* :class:`Uniform`: U[-lam, lam] coordinates, ``lam = sqrt(3) sigma``; certifies l1 and linf
+  (Yang et al., ICML 2020, "Randomized Smoothing of All Shapes and Sizes").
+
+The radius formulas live in the torch-free :mod:`smoothcert.radii`; the objects here delegate
+to it. :meth:`Noise.sample_` fills a preallocated buffer in place from an explicit
+``torch.Generator`` on the buffer's device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from numpy.typing import ArrayLike
+
+from smoothcert import radii as _radii
+from smoothcert._checks import check_sigma
+
+__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise"]
+
+# Laplace inverse-CDF chunk: bounds the temporary buffer to 4 MiB (float32) per call.
+_CHUNK = 1 << 20
+
+
+def _check_buffer(out: Any) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise TypeError(f"out must have a floating-point dtype, got {out.dtype}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous, got a non-contiguous tensor")
+    return out
+
+
+def _laplace_from_uniform_(v: torch.Tensor, b: float) -> torch.Tensor:
+    """In place ``v <- -b sign(v) ln(max(1 - |v|, 2^-24))`` for contiguous ``v`` in [-1, 1]; finite everywhere."""
+    flat = v.view(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        mag = chunk.abs().neg_().add_(1.0).clamp_min_(2.0**-24).log_().mul_(-b)  # -b ln(1 - |v|) >= 0
+        chunk.copy_(mag.copysign_(chunk))
+    return v
+
+
+@dataclass(frozen=True)
+class Noise(ABC):
+    """A zero-mean i.i.d. noise with per-coordinate standard deviation ``sigma``.
+
+    ``name`` is the registry name (see :data:`NOISES`), ``norms`` the threat norms it certifies.
+    """
+
+    sigma: float
+    name: ClassVar[str]
+    norms: ClassVar[tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+
+    @property
+    @abstractmethod
+    def scale(self) -> float:
+        """The family's own scale parameter, derived from ``sigma``."""
+
+    @abstractmethod
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fill ``out`` in place with i.i.d. draws of this noise from ``generator``; return ``out``."""
+
+    def check_norm(self, norm: str) -> str:
+        """Return ``norm`` if this noise certifies it, else raise ``ValueError``."""
+        if not isinstance(norm, str) or norm not in _radii.NORMS:
+            raise ValueError(f"norm must be one of {', '.join(_radii.NORMS)}, got {norm!r}")
+        if norm not in self.norms:
+            raise ValueError(
+                f"norm {norm!r} is not certified by {self.name} noise (supported: {', '.join(self.norms)})"
+            )
+        return norm
+
+    def radius(
+        self, p_lower: ArrayLike, *, norm: str, dim: int | None = None, p_upper_b: ArrayLike | None = None
+    ) -> Any:
+        """Certified ``norm`` radius for ``pA >= p_lower`` (see :func:`smoothcert.radii.radius`)."""
+        return _radii.radius(
+            self.name, p_lower, sigma=self.sigma, norm=self.check_norm(norm), dim=dim, p_upper_b=p_upper_b
+        )
+
+    def threshold(self, radius: ArrayLike, *, norm: str, dim: int | None = None) -> Any:
+        """Smallest pA certifying ``radius`` (see :func:`smoothcert.radii.threshold`)."""
+        return _radii.threshold(self.name, radius, sigma=self.sigma, norm=self.check_norm(norm), dim=dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., "sigma": ...}`` for logs and sidecars; ``make_noise(**d)`` rebuilds it."""
+        return {"name": self.name, "sigma": self.sigma}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class Gaussian(Noise):
+    """N(0, sigma^2 I). ``scale = sigma``.
+
+    Certifies l2 with ``R = sigma Phi^-1(pA)`` (Cohen et al. 2019, Thm 1), l1 with the same
+    value (``||d||_2 <= ||d||_1``) and linf with ``R / sqrt(d)``.
+    """
+
+    name: ClassVar[str] = "gaussian"
+    norms: ClassVar[tuple[str, ...]] = _radii.supported_norms("gaussian")
+
+    @property
+    def scale(self) -> float:
+        return self.sigma
+
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``out.normal_(0.0, sigma, generator=generator)`` (the stream earlier releases used)."""
+        return _check_buffer(out).normal_(0.0, self.sigma, generator=generator)
+
+
+@dataclass(frozen=True, repr=False)
+class Laplace(Noise):
+    """i.i.d. Laplace(0, b) coordinates, density ``exp(-|x|/b) / (2b)``, ``b = sigma / sqrt(2)``.
+
+    Certifies l1 with ``R = -b ln(2 (1 - pA))`` (Teng, Lee & Yuan, ICLR 2020).
+    """
+
+    name: ClassVar[str] = "laplace"
+    norms: ClassVar[tuple[str, ...]] = _radii.supported_norms("laplace")
+
+    @property
+    def scale(self) -> float:
+        return _radii.laplace_scale(self.sigma)
+
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Inverse CDF: ``v ~ U[-1, 1)`` (one ``uniform_`` call), ``x = -b sign(v) ln(1 - |v|)``.
+
+        ``1 - |v|`` is clamped below at ``2^-24`` so an endpoint draw gives a finite value
+        (``|x| <= b ln 2^24 ~ 16.6 b``); this truncates a tail of mass ``2^-24``, the resolution
+        of a float32 uniform draw. The transform runs on chunks so temporaries stay small.
+        """
+        out = _check_buffer(out)
+        out.uniform_(-1.0, 1.0, generator=generator)
+        return _laplace_from_uniform_(out, self.scale)
+
+
+@dataclass(frozen=True, repr=False)
+class Uniform(Noise):
+    """Uniform on the cube [-lam, lam]^d, ``lam = sqrt(3) sigma``.
+
+    Certifies l1 with ``R = 2 lam (pA - 1/2)`` and linf with ``R = 2 lam (1 - (3/2 - pA)^(1/d))``
+    (Yang et al., ICML 2020).
+    """
+
+    name: ClassVar[str] = "uniform"
+    norms: ClassVar[tuple[str, ...]] = _radii.supported_norms("uniform")
+
+    @property
+    def scale(self) -> float:
+        return _radii.uniform_half_width(self.sigma)
+
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``out.uniform_(-lam, lam, generator=generator)``."""
+        lam = self.scale
+        return _check_buffer(out).uniform_(-lam, lam, generator=generator)
+
+
+_CLASSES: dict[str, type[Noise]] = {cls.name: cls for cls in (Gaussian, Laplace, Uniform)}
+NOISES: tuple[str, ...] = tuple(_CLASSES)
+assert NOISES == _radii.NOISES
+
+
+def make_noise(name: str, sigma: float) -> Noise:
+    """The noise registered as ``name`` (one of :data:`NOISES`) with per-coordinate std ``sigma``."""
+    if not isinstance(name, str) or name not in _CLASSES:
+        raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {name!r}")
+    return _CLASSES[name](sigma)
