@@ -1,4 +1,8 @@
-"""The smoothed classifier ``g(x) = argmax_c P(f(x + eps) = c)``, eps ~ N(0, sigma^2 I).
+"""The smoothed classifier ``g(x) = argmax_c P(f(x + eps) = c)``, eps ~ N(0, sigma^2 I) by default.
+
+Other noise distributions (:mod:`smoothcert.noises`: Laplace, uniform) and threat norms (L1,
+L2, L-infinity) plug in through ``noise=`` and ``norm=``; the certified radius is then the
+noise's radius for that norm (:mod:`smoothcert.radii`).
 
 :class:`SmoothedClassifier` combines the sampling engine (:mod:`smoothcert.sampling`) with
 the exact statistics (:mod:`smoothcert.stats`) into PREDICT and CERTIFY of Cohen, Rosenfeld &
@@ -23,6 +27,7 @@ from numpy.typing import NDArray
 
 from . import sequential, stats
 from ._checks import check_alpha, check_int, check_sigma
+from .noises import Noise, make_noise
 from .sampling import GeneratorArg, sample_counts
 
 __all__ = ["ABSTAIN", "AdaptiveCertificate", "Certificate", "Prediction", "SmoothedClassifier", "SmoothingWarning"]
@@ -60,8 +65,10 @@ class Certificate:
         n: number of estimation samples.
         n0: number of selection samples.
         alpha: failure probability.
-        sigma: noise level.
+        sigma: noise level (per-coordinate standard deviation).
         selected: the class picked by the ``n0`` selection samples (also when abstaining).
+        norm: the threat norm the radius is measured in (``l2`` by default).
+        noise: the smoothing noise's name (``gaussian`` by default).
     """
 
     label: int
@@ -73,6 +80,8 @@ class Certificate:
     alpha: float
     sigma: float
     selected: int
+    norm: str = "l2"
+    noise: str = "gaussian"
 
     @property
     def abstained(self) -> bool:
@@ -132,6 +141,8 @@ class AdaptiveCertificate:
         sigma: noise level.
         selected: the class whose probability was bounded.
         radius_tested: the radius ``r`` of decision mode, ``None`` in max-radius mode.
+        norm: the threat norm of ``radius``.
+        noise: the smoothing noise's name.
     """
 
     label: int
@@ -149,6 +160,8 @@ class AdaptiveCertificate:
     sigma: float
     selected: int
     radius_tested: float | None
+    norm: str = "l2"
+    noise: str = "gaussian"
 
     @property
     def abstained(self) -> bool:
@@ -173,7 +186,11 @@ class SmoothedClassifier:
             Inputs are in the certificate's space (``[0, 1]`` pixels); normalization belongs
             inside it.
         num_classes: number of classes (>= 2).
-        sigma: noise standard deviation, > 0.
+        sigma: noise level: the per-coordinate standard deviation, > 0.
+        noise: ``"gaussian"`` (default), ``"laplace"``, ``"uniform"`` or a
+            :class:`smoothcert.noises.Noise` with this ``sigma``.
+        norm: the threat norm of certified radii: ``"l2"`` (default), ``"l1"`` or ``"linf"``;
+            it must be one the noise certifies.
         device: where noise is drawn and the model runs; by default the device of the
             model's parameters, or of each input when the model has none.
         input_shape: if given, every input must have exactly this shape.
@@ -197,6 +214,8 @@ class SmoothedClassifier:
         num_classes: int,
         sigma: float,
         *,
+        noise: str | Noise = "gaussian",
+        norm: str = "l2",
         device: torch.device | str | None = None,
         input_shape: Sequence[int] | None = None,
         autocast_dtype: torch.dtype | None = None,
@@ -208,6 +227,15 @@ class SmoothedClassifier:
         self.base_classifier = base_classifier
         self.num_classes = check_int("num_classes", num_classes, 2)
         self.sigma = check_sigma(sigma)
+        if isinstance(noise, Noise):
+            if noise.sigma != self.sigma:
+                raise ValueError(f"noise has sigma={noise.sigma!r} but sigma={self.sigma!r} was given")
+            self.noise = noise
+        elif isinstance(noise, str):
+            self.noise = make_noise(noise, self.sigma)
+        else:
+            raise TypeError(f"noise must be a noise name or a smoothcert.noises.Noise, got {type(noise).__name__}")
+        self.norm = self.noise.check_norm(norm)
         self.device = torch.device(device) if device is not None else _model_device(base_classifier)
         if device is not None and isinstance(base_classifier, torch.nn.Module):
             base_classifier.to(self.device)
@@ -219,7 +247,10 @@ class SmoothedClassifier:
         self.pass_size = pass_size
 
     def __repr__(self) -> str:
-        return f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, device={self.device})"
+        return (
+            f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, noise={self.noise.name!r}, "
+            f"norm={self.norm!r}, device={self.device})"
+        )
 
     # ------------------------------------------------------------------ input handling
 
@@ -267,7 +298,7 @@ class SmoothedClassifier:
         return sample_counts(
             self.base_classifier,
             xs,
-            sigma=self.sigma,
+            noise=self.noise,
             n=n,
             num_classes=self.num_classes,
             batch_size=batch_size,
@@ -392,7 +423,7 @@ class SmoothedClassifier:
         count = estimation[np.arange(len(xs)), selected]
         p_lower = np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha))
         certified = p_lower > 0.5
-        radius = np.atleast_1d(stats.cohen_radius(p_lower, sigma=self.sigma))
+        radius = self._radius_of(p_lower, xs)
         return [
             Certificate(
                 label=int(selected[i]) if certified[i] else ABSTAIN,
@@ -404,21 +435,18 @@ class SmoothedClassifier:
                 alpha=alpha,
                 sigma=self.sigma,
                 selected=int(selected[i]),
+                norm=self.norm,
+                noise=self.noise.name,
             )
             for i in range(len(xs))
         ]
 
     # ------------------------------------------------------------------ sequential CERTIFY
 
-    def _radius_of(self, p_lower: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Certified radius for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
-        return np.atleast_1d(np.asarray(stats.cohen_radius(p_lower, sigma=self.sigma), dtype=np.float64))
-
-    def _threshold(self, radius: float) -> float:
-        """``p*``: the value ``pA`` must exceed for ``radius`` to be certified."""
-        from scipy.stats import norm
-
-        return float(norm.cdf(radius / self.sigma))
+    def _radius_of(self, p_lower: NDArray[np.float64], xs: torch.Tensor) -> NDArray[np.float64]:
+        """The noise's certified radius in ``self.norm`` for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
+        r = self.noise.radius(p_lower, norm=self.norm, dim=int(xs[0].numel()))
+        return np.atleast_1d(np.asarray(r, dtype=np.float64))
 
     def certify_adaptive(
         self,
@@ -438,7 +466,8 @@ class SmoothedClassifier:
     ) -> AdaptiveCertificate:
         """Sequential CERTIFY: the same guarantee as :meth:`certify`, stopping as soon as the data decide.
 
-        **Decision mode** (``radius=r``): tests ``H0: pA <= p*`` with ``p* = Phi(r / sigma)``
+        **Decision mode** (``radius=r``): tests ``H0: pA <= p*``, ``p*`` the ``pA`` at which the
+        noise's radius equals ``r`` (``Phi(r / sigma)`` for Gaussian L2),
         on a doubling stage grid from ``n_first`` to ``n_max``; ``certified`` as soon as the
         stage's lower bound clears ``p*``. **Max-radius mode** (``radius=None``): the largest
         radius the samples support, stopping at ``radius_cap`` or when more samples cannot
@@ -545,7 +574,11 @@ class SmoothedClassifier:
                     raise ValueError(f"label must be < num_classes={self.num_classes}, got {c!r}")
             selected = np.asarray(labels, dtype=np.int64)
             n0 = 0
-        p_star = self._threshold(radius) if radius is not None else None
+        p_star = (
+            float(self.noise.threshold(radius, norm=self.norm, dim=int(xs[0].numel()))) if radius is not None else None
+        )
+        if p_star is not None and not p_star < 1:
+            raise ValueError(f"radius={radius!r} cannot be certified with {self.noise!r} in {self.norm} at any pA")
         count = np.zeros(k, dtype=np.int64)
         best = np.zeros(k)
         results: list[AdaptiveCertificate | None] = [None] * k
@@ -559,14 +592,14 @@ class SmoothedClassifier:
             if p_star is not None:
                 decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star)
                 stop = decision != sequential.CONTINUE
-                rad = np.where(decision == sequential.CERTIFIED, self._radius_of(lower), 0.0)
+                rad = np.where(decision == sequential.CERTIFIED, self._radius_of(lower, xs), 0.0)
             else:
                 stop, rad, lower, upper = sequential.max_radius_step(
                     count[active],
                     stage,
                     schedule,
                     best[active],
-                    radius_of=self._radius_of,
+                    radius_of=lambda p: self._radius_of(p, xs),
                     radius_cap=radius_cap,
                     radius_tol=tol,
                 )
@@ -594,6 +627,8 @@ class SmoothedClassifier:
                     sigma=self.sigma,
                     selected=int(selected[i]),
                     radius_tested=radius,
+                    norm=self.norm,
+                    noise=self.noise.name,
                 )
             active = active[~stop]
             if len(active) == 0:
