@@ -14,7 +14,7 @@ import platform
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,12 +25,25 @@ __all__ = [
     "Normalize",
     "build_model",
     "cifar_resnet",
+    "import_checkpoint",
     "load_model",
     "save_model",
     "small_cnn",
     "upgrade_legacy_keys",
     "versions",
 ]
+
+
+if TYPE_CHECKING:
+    from .importing import import_checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    if name == "import_checkpoint":  # lazily: smoothcert.importing builds on this module
+        from .importing import import_checkpoint
+
+        return import_checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CheckpointError(ValueError):
@@ -73,7 +86,7 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 
 class _BasicBlock(nn.Module):
-    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; ``downsample`` = 1x1 conv + BN where the shape changes."""
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; downsample: 1x1 conv + BN where the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
