@@ -153,9 +153,8 @@ def _match(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], wha
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} ({_names(unexpected)})")
     if mismatched:
-        k = mismatched[0]
-        more = f" and {len(mismatched) - 1} more" if len(mismatched) > 1 else ""
-        problems.append(f"shape mismatch {k}: checkpoint {list(source[k].shape)}, model {list(target[k].shape)}{more}")
+        shapes = [f"{k} (checkpoint {list(source[k].shape)}, model {list(target[k].shape)})" for k in mismatched]
+        problems.append(f"{len(mismatched)} shape mismatch{'es' * (len(mismatched) > 1)}: {_names(shapes)}")
     if problems:
         raise CheckpointError(f"the checkpoint does not fit {what}: " + "; ".join(problems))
     out = {k: v.to(target[k].dtype) for k, v in source.items()}

@@ -108,8 +108,9 @@ class _BasicBlock(nn.Module):
 class _CifarResNet(nn.Module):
     """Module names follow the 2019 reference (``conv1, bn1, layer1..3, fc``), so its weights load without a table.
 
-    The global average pool is adaptive: on 32x32 inputs the last map is 8x8 and it equals the
-    reference's ``AvgPool2d(8)``; it also accepts other sizes (28x28 Fashion-MNIST).
+    The global average pool is ``avg_pool2d`` over the whole last map: on 32x32 inputs that map is
+    8x8 and this is the reference's ``AvgPool2d(8)``, bit for bit; it also accepts other sizes
+    (7x7 maps from 28x28 Fashion-MNIST).
     """
 
     def __init__(self, depth: int, num_classes: int, in_channels: int) -> None:
@@ -129,7 +130,6 @@ class _CifarResNet(nn.Module):
                 cin = width
             stages.append(nn.Sequential(*stage_blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -138,7 +138,7 @@ class _CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.fc(torch.flatten(nn.functional.avg_pool2d(x, x.shape[-2:]), 1))
 
 
 def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
