@@ -275,7 +275,7 @@ def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
         raise CheckpointError(
             f"{str(weights)!r} is a pickle/torch.save file; smoothcert never unpickles checkpoints. "
-            "Load it yourself with torch.load(..., weights_only=True) and save it with smoothcert.models.save_model"
+            "Convert it safely with 'smoothcert import FILE --out DIR' (torch.load with weights_only=True)"
         )
     if not meta.exists():
         raise CheckpointError(f"no model.json beside {str(weights)!r}")
