@@ -131,7 +131,8 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     a wrapped model (smoothcert's own ``0.mean``/``0.std``; the 2019 layer saved none).
     """
     state = {re.sub(r"(^|\.)module\.", r"\1", k): v for k, v in state.items()}
-    if all(k.startswith(("0.", "1.")) for k in state) and any(k.startswith("1.") for k in state):
+    wrapper = {k for k in state if not k.startswith("1.")}
+    if wrapper <= {"0.mean", "0.std"} and len(wrapper) < len(state):
         norm = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
         return {k[2:]: v for k, v in state.items() if k.startswith("1.")}, norm
     return state, {}

@@ -365,3 +365,15 @@ def test_an_imported_2019_model_certifies_through_the_cli(tmp_path, capsys):
     assert len(rows) == 4 and rows[0][0] == "idx"
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["model"]["source"]["format"] == "cohen2019" and sidecar["identity"]["sigma"] == 0.25
+
+
+def test_a_smoothcert_model_file_imports_and_its_normalization_must_match(tmp_path):
+    model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530]).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    import_checkpoint(tmp_path / "w.safetensors", tmp_path / "m", arch="small_cnn", dataset="fashion-mnist", sigma=0.5)
+    loaded, _ = load_model(tmp_path / "m")
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+    with pytest.raises(CheckpointError, match=r"normalization mean \[0\.28.*is not 'mnist'"):
+        import_checkpoint(tmp_path / "w.safetensors", tmp_path / "m2", arch="small_cnn", dataset="mnist", sigma=0.5)
