@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true")
     _add_device(k)
     k.set_defaults(func=_cmd_attack)
+    _add_import_parser(sub)
     return parser
 
 
@@ -373,6 +374,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         progress=not args.quiet,
+    )
+    return 0
+
+
+def _add_import_parser(sub: Any) -> None:
+    i = sub.add_parser("import", help="convert a published checkpoint (2019 reference, torchvision) to a model dir")
+    i.add_argument("src", nargs="?", metavar="SRC", help="torch.save checkpoint, state_dict or .safetensors file")
+    i.add_argument("--out", required=True, help="model directory to write (model.safetensors + model.json)")
+    i.add_argument("--arch", help="architecture (default: the checkpoint's 'arch')")
+    i.add_argument("--dataset", help="data set, for its normalization and classes (default: the checkpoint's)")
+    i.add_argument("--sigma", type=float, help="training noise level, certify's default (default: the checkpoint's)")
+    i.add_argument("--weights", help="torchvision pretrained weights from torch's cache, e.g. IMAGENET1K_V2")
+    i.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    i.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .importing import import_checkpoint
+
+    meta = import_checkpoint(
+        args.src,
+        args.out,
+        arch=args.arch,
+        dataset=args.dataset,
+        sigma=args.sigma,
+        weights=args.weights,
+        overwrite=args.overwrite,
+    )
+    src = meta["source"]
+    print(
+        f"imported {meta['arch']} ({src['format']}, sha256 {src['sha256'][:12]}) for {meta['dataset']} "
+        f"at sigma={meta['sigma']:g} -> {args.out}"
     )
     return 0
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,11 +25,25 @@ __all__ = [
     "Normalize",
     "build_model",
     "cifar_resnet",
+    "import_checkpoint",
     "load_model",
     "save_model",
     "small_cnn",
+    "upgrade_legacy_keys",
     "versions",
 ]
+
+
+if TYPE_CHECKING:
+    from .importing import import_checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    if name == "import_checkpoint":  # lazily: smoothcert.importing builds on this module
+        from .importing import import_checkpoint
+
+        return import_checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CheckpointError(ValueError):
@@ -71,48 +86,96 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 
 class _BasicBlock(nn.Module):
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; downsample: 1x1 conv + BN where the shape changes."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
+        self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        residual = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + residual)
 
 
 class _CifarResNet(nn.Module):
+    """Module names follow the 2019 reference (``conv1, bn1, layer1..3, fc``), so its weights load without a table.
+
+    The global average pool is ``avg_pool2d`` over the whole last map: on 32x32 inputs that map is
+    8x8 and this is the reference's ``AvgPool2d(8)``, bit for bit; it also accepts other sizes
+    (7x7 maps from 28x28 Fashion-MNIST).
+    """
+
     def __init__(self, depth: int, num_classes: int, in_channels: int) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6k + 2 for a CIFAR ResNet, got {depth}")
         blocks = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        layers: list[nn.Module] = []
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
         cin = 16
+        stages: list[nn.Sequential] = []
         for stage, width in enumerate((16, 32, 64)):
+            stride = 1 if stage == 0 else 2
+            stage_blocks: list[nn.Module] = []
             for b in range(blocks):
-                layers.append(_BasicBlock(cin, width, 2 if (stage > 0 and b == 0) else 1))
+                stage_blocks.append(_BasicBlock(cin, width, stride if b == 0 else 1))
                 cin = width
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+            stages.append(nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layers(self.stem(x)))
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(nn.functional.avg_pool2d(x, x.shape[-2:]), 1))
 
 
 def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """The residual network of He et al. (2016) for 32x32 inputs: 3 stages of basic blocks, depth 6k+2."""
+    """The residual network of He et al. (2016) for 32x32 inputs: 3 stages of basic blocks, depth 6k+2.
+
+    Identical, parameter names included, to the CIFAR ResNet of the 2019 reference code: basic
+    blocks, 1x1-conv + BN shortcuts where the width or stride changes, global average pool, linear head.
+    """
     return _CifarResNet(depth, num_classes, in_channels)
+
+
+_LEGACY_BLOCK = re.compile(r"^((?:\d+\.)?)layers\.(\d+)\.(.*)$")
+
+
+def upgrade_legacy_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the parameters of a ``cifar_resnet*`` saved by earlier smoothcert versions to the 2019 reference names.
+
+    Older smoothcert named the same network ``stem.{0,1}``, ``layers.{i}`` (one flat list of blocks),
+    ``shortcut`` and ``head.2``; block ``i`` is block ``i % k`` of stage ``i // k + 1`` with
+    ``k = (depth - 2) / 6``. Any other state dict is returned unchanged.
+    """
+    match = re.fullmatch(r"cifar_resnet(\d+)", arch)
+    if match is None or not any(".stem." in k or k.startswith("stem.") for k in state):
+        return state
+    per_stage = (int(match.group(1)) - 2) // 6
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = re.sub(r"(^|\.)stem\.0\.", r"\1conv1.", key)
+        new = re.sub(r"(^|\.)stem\.1\.", r"\1bn1.", new)
+        new = re.sub(r"(^|\.)head\.2\.", r"\1fc.", new)
+        block = _LEGACY_BLOCK.match(new)
+        if block is not None:
+            i = int(block.group(2))
+            rest = block.group(3).replace("shortcut.", "downsample.", 1)
+            new = f"{block.group(1)}layer{i // per_stage + 1}.{i % per_stage}.{rest}"
+        out[new] = value
+    return out
 
 
 class _RepeatChannels(nn.Module):
@@ -212,7 +275,7 @@ def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
         raise CheckpointError(
             f"{str(weights)!r} is a pickle/torch.save file; smoothcert never unpickles checkpoints. "
-            "Load it yourself with torch.load(..., weights_only=True) and save it with smoothcert.models.save_model"
+            "Convert it safely with 'smoothcert import FILE --out DIR' (torch.load with weights_only=True)"
         )
     if not meta.exists():
         raise CheckpointError(f"no model.json beside {str(weights)!r}")
@@ -225,7 +288,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     Reads only JSON and safetensors: nothing is unpickled.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_model as _load
+    from safetensors.torch import load_file
 
     weights, meta_path = _checkpoint_paths(path)
     try:
@@ -240,7 +303,8 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
     try:
-        _load(model, str(weights), strict=True, device=str(device))
+        state = upgrade_legacy_keys(str(meta["arch"]), load_file(str(weights), device=str(device)))
+        model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None

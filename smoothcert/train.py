@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ._checks import check_int, check_sigma
 from .data import get_spec, load_dataset
 from .distributed import DistContext
-from .models import build_model, save_model, versions
+from .models import build_model, save_model, upgrade_legacy_keys, versions
 
 __all__ = ["TrainConfig", "evaluate", "resolve_device", "train"]
 
@@ -154,7 +154,8 @@ def _load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
         raise ValueError(f"{out} holds a training run with a different configuration ({details}); use another --out")
     tensors = load_file(str(out / "checkpoint.safetensors"))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(upgrade_legacy_keys(config.arch, state))
     for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         key = f"optim.{i}.momentum_buffer"
         if key in tensors:
