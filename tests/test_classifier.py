@@ -417,3 +417,69 @@ def test_adaptive_validates_arguments(linear_model, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         sc.certify_adaptive(torch.zeros(2), **args)
     assert fragment in str(info.value)
+
+
+# ---------------------------------------------------------------- other noises and norms
+#
+# Oracle: f(z) = 1[z_0 > 0] at x = (d, 0, 0, 0). Under any of the noises, pA = F(d) for the
+# noise's 1-d CDF F, and g(x + delta) = 1 iff x_0 + delta_0 > 0, so the true robust radius of g
+# at x is exactly d in the L1, L2 and L-infinity norms. Over R seeded CERTIFY runs, a returned
+# radius beyond d is a false certificate; the count must stay below the binomial (1 - 1e-4)
+# quantile at rate alpha (a valid procedure fails with probability < 1e-4). The positive control
+# inflates the radius by 10% and is caught by the same count.
+
+
+class _FirstCoordinate(torch.nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        s = z[:, 0]
+        return torch.stack([-s, s], dim=1)
+
+
+def _false_rate(noise: str, norm: str, d: float, inflate: float = 1.0, runs: int = 2000) -> int:
+    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=noise, norm=norm)
+    xs = torch.zeros(runs, 4)
+    xs[:, 0] = d
+    gens = [torch.Generator().manual_seed(70_000 + i) for i in range(runs)]
+    certs = sc.certify_batch(xs, n0=20, n=500, alpha=0.05, batch_size=100_000, generator=gens)
+    assert all(c.norm == norm and c.noise == noise for c in certs)
+    return sum(c.radius * inflate > d for c in certs)
+
+
+NOISE_NORMS = [("gaussian", "l2"), ("gaussian", "l1"), ("laplace", "l1"), ("uniform", "l1"), ("uniform", "linf")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("noise", "norm"), NOISE_NORMS)
+def test_certify_false_radius_rate_at_most_alpha_for_each_noise_and_norm(noise, norm):
+    # d = 0.35 puts pA at 0.76-0.85 for these noises at sigma = 0.5: radii land near d
+    false = _false_rate(noise, norm, 0.35)
+    assert false <= st.binom.ppf(1 - 1e-4, 2000, 0.05), false
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("noise", "norm"), [("laplace", "l1"), ("uniform", "l1")])
+def test_noise_validity_test_catches_an_inflated_radius(noise, norm):
+    false = _false_rate(noise, norm, 0.35, inflate=1.1)
+    assert false > st.binom.ppf(1 - 1e-4, 2000, 0.05), false
+
+
+def test_unsupported_noise_norm_pairs_are_refused():
+    with pytest.raises(ValueError, match="linf"):
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="linf")
+    with pytest.raises(ValueError, match="noise must be one of"):
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="cauchy")
+    from smoothcert.noises import Laplace
+
+    with pytest.raises(ValueError, match="noise has sigma=0.25 but sigma=0.5"):
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=Laplace(0.25))
+
+
+def test_adaptive_decision_uses_the_noise_threshold():
+    # Laplace L1 at r: p* = 1 - exp(-r / b) / 2 with b = sigma / sqrt(2); pA = 1 is certified at stage 1
+    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="l1")
+    x = torch.tensor([50.0, 0.0, 0.0, 0.0])
+    c = sc.certify_adaptive(x, radius=0.3, alpha=0.001, n_max=10_000, batch_size=1000, label=1,
+                            generator=torch.Generator().manual_seed(0))
+    assert c.decision == "certified" and c.stage == 1 and c.norm == "l1" and c.noise == "laplace"
+    b = 0.5 / np.sqrt(2)
+    assert c.radius == pytest.approx(-b * np.log(2 * (1 - c.p_lower)))
