@@ -238,7 +238,7 @@ def recompute_radii(log: CertifyLog, bound: str, *, sigma: float | None = None) 
         from scipy.stats import norm
 
         p = norm.cdf(log.radius / s)
-    funcs = {"cohen": stats.cohen_radius, "lecuyer": stats.lecuyer_radius, "li": stats.li_radius}
+    funcs: dict[str, Any] = {"cohen": stats.cohen_radius, "lecuyer": stats.lecuyer_radius, "li": stats.li_radius}
     if bound not in funcs:
         raise ValueError(f"bound must be one of {', '.join(funcs)}, got {bound!r}")
     r = np.asarray(funcs[bound](np.clip(p, 0.0, 1.0), sigma=s), dtype=np.float64)

@@ -176,3 +176,53 @@ def test_bad_arguments_name_argument_and_value(call, exc, fragment):
     with pytest.raises(exc) as info:
         call()
     assert fragment in str(info.value)
+
+
+# every public function, called the way the overloads distinguish: Python numbers, then arrays
+_TYPED_CALLS = {
+    "clopper_pearson_lower": ("3, 10, 0.05", "np.array([3, 4]), 10, 0.05"),
+    "clopper_pearson_upper": ("3, 10, 0.05", "np.array([3, 4]), 10, 0.05"),
+    "cohen_radius": ("0.9, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "lecuyer_radius": ("0.9, 0.05, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "li_radius": ("0.9, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "max_radius": ("100, 0.001, sigma=0.5", "np.array([100, 1000]), 0.001"),
+    "predict_pvalue": ("7, 3", "np.array([7, 9]), np.array([3, 1])"),
+    "certified_accuracy_lower_bound": ("0.8, 500, 0.001, 0.05", "np.array([0.8, 0.5]), 500, 0.001, 0.05"),
+}
+
+
+def test_return_types_are_what_the_annotations_say():
+    """At run time: Python float for scalar arguments (0-d arrays included), float64 arrays otherwise."""
+    for name, (scalar, array) in _TYPED_CALLS.items():
+        f = getattr(S, name)
+        env = {"np": np, "f": f}
+        assert type(eval(f"f({scalar})", env)) is float, name
+        assert type(eval(f"f(np.asarray({scalar.split(',')[0]}), {scalar.partition(',')[2]})", env)) is float, name
+        out = eval(f"f({array})", env)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (2,), name
+
+
+@pytest.mark.slow
+def test_mypy_sees_the_return_types(tmp_path):
+    """The annotations carry the return types to callers: ``float`` for Python numbers, and
+    ``float | NDArray[float64]`` otherwise. Control: a wrong ``assert_type`` is reported, so a
+    return type of ``Any`` (which ``assert_type(x, float)`` rejects too) could not pass."""
+    api = pytest.importorskip("mypy.api")
+    lines = [
+        "import numpy as np",
+        "from numpy.typing import NDArray",
+        "from typing_extensions import assert_type",
+        "from smoothcert import stats as S",
+    ]
+    for name, (scalar, array) in _TYPED_CALLS.items():
+        lines.append(f"assert_type(S.{name}({scalar}), float)")
+        lines.append(f"assert_type(S.{name}({array}), float | NDArray[np.float64])")
+    good = tmp_path / "good.py"
+    good.write_text("\n".join(lines) + "\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("\n".join([*lines[:4], "assert_type(S.cohen_radius(0.9), int)"]) + "\n")
+    args = ["--python-version", "3.10", "--cache-dir", str(tmp_path / "cache"), "--no-error-summary"]
+    out, err, status = api.run([*args, str(good)])
+    assert status == 0, out + err
+    out, _, status = api.run([*args, str(bad)])
+    assert status == 1 and 'Expression is of type "float", not "int"' in out, out
