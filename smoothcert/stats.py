@@ -5,8 +5,8 @@ scalars or numpy arrays (broadcast together) and returns a Python ``float``/``in
 scalar input or a numpy array otherwise. Arguments are validated and a bad one raises a
 ``ValueError`` naming it and its value.
 
-Formulas follow Cohen, Rosenfeld & Kolter (ICML 2019); see ``MATH.md`` §2–§6 in the
-project's reference folder for the restatement used here.
+Formulas follow Cohen, Rosenfeld & Kolter (ICML 2019): Theorem 1, Propositions 1–2, App. C, D
+and I; ``docs/statistics.md`` §2–§7 states and derives each one.
 """
 
 from __future__ import annotations
@@ -440,7 +440,9 @@ def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, ga
 
 
 def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, gamma: float) -> float | FloatArray:
-    """Lower bound on the true certified accuracy, valid w.p. ``>= 1 - gamma`` (MATH.md §6).
+    """Lower bound on the true certified accuracy, valid w.p. ``>= 1 - gamma`` (paper App. D, Thm 6).
+
+    Derivation: ``docs/statistics.md`` §7.
 
     From Bernstein's inequality on the number of wrong certificates among ``m`` examples,
     each wrong with probability ``<= alpha``: with ``L = ln(1/gamma)``,

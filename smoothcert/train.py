@@ -1,4 +1,4 @@
-"""Training a base classifier under Gaussian data augmentation (MATH.md §8).
+"""Training a base classifier under Gaussian data augmentation (paper Sec. 3.3, App. F; docs/statistics.md §9).
 
 Minimizes ``E_(x,y) E_eps CE(f(x + eps), y)`` with ``eps ~ N(0, sigma^2 I)`` drawn fresh for
 every example in every batch, after the data set's crops and flips and before the model's own
@@ -50,7 +50,7 @@ _IDENTITY = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of ``smoothcert train``; defaults are the 2019 reference's (MATH.md §8)."""
+    """Settings of ``smoothcert train``; defaults are the 2019 reference code's (docs/statistics.md §9)."""
 
     dataset: str
     arch: str

@@ -1,4 +1,4 @@
-"""SmoothedClassifier: guarantees checked against exact oracles (MATH.md §2–§4, §7)."""
+"""SmoothedClassifier: guarantees checked against exact oracles (paper Thm 1, Props. 1–4; docs/statistics.md §2–§5, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""smoothcert.stats against scipy, statsmodels and closed forms (MATH.md §3–§6)."""
+"""smoothcert.stats against scipy, statsmodels and closed forms (docs/statistics.md §2–§7)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_cohen_radius_closed_forms():
 
 @pytest.mark.parametrize(("n", "expected"), [(100, 1.50), (1_000, 2.46), (10_000, 3.20), (100_000, 3.81)])
 def test_max_radius_table(n, expected):
-    # MATH.md §3: R_max(n, 0.001, sigma) = sigma * Phi^-1(0.001^(1/n))
+    # paper Sec. 3.2.2, Fig. 5 right; docs/statistics.md §4: R_max(n, 0.001, sigma) = sigma * Phi^-1(0.001^(1/n))
     assert round(S.max_radius(n, 0.001), 2) == expected
     assert S.max_radius(n, 0.001, sigma=0.5) == pytest.approx(0.5 * S.max_radius(n, 0.001), rel=1e-12)
     assert S.max_radius(n, 0.001) == pytest.approx(S.cohen_radius(S.clopper_pearson_lower(n, n, 0.001)), rel=1e-12)
@@ -104,7 +104,7 @@ def test_min_predict_n_is_the_threshold(alpha):
 
 
 def test_min_predict_n_at_reference_alpha():
-    assert S.min_predict_n(0.001) == 11  # MATH.md §4: abstains for n <= 10
+    assert S.min_predict_n(0.001) == 11  # docs/statistics.md §5: abstains for n <= 10
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.2, 0.1, 0.05, 0.01, 0.001, 1e-5, 0.25, 0.125])
@@ -114,7 +114,7 @@ def test_min_certify_n_is_the_threshold(alpha):
     assert n == 1 or S.clopper_pearson_lower(n - 1, n - 1, alpha) <= 0.5
 
 
-# MATH.md §5, sigma = 1, brute-force values to about 3 decimals
+# paper App. I, Fig. 5 left; docs/statistics.md §6: sigma = 1, dense-grid values to 4 decimals
 BOUND_TABLE = [
     (0.55, 0.1257, 0.1003, 0.0273),
     (0.70, 0.5244, 0.4191, 0.1350),
