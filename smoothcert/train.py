@@ -210,6 +210,7 @@ def _save_checkpoint(
     tmp = out / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
     _commit(tmp, out / "checkpoint.safetensors")
+    (out / "checkpoint.json").unlink(missing_ok=True)  # a legacy two-file checkpoint's, now stale
     _write_log(out, log)
 
 

@@ -13,7 +13,7 @@ SOURCES = sorted(
 # a cited document: a path ending in .md, then optionally sections "§N", "§N–§M", "§N, §M". It counts
 # as a citation when it names a section or a folder (``docs/x.md``), or is the MATH.md this project
 # once cited without having it; a bare file name such as the demo's ``table.md`` is an output.
-CITATION = re.compile(r"(?P<doc>[\w./-]+\.md)(?P<sections>(?:[ ,]*§\d+(?:[–-]§\d+)?)*)")
+CITATION = re.compile(r"(?P<doc>[\w./-]+\.md)`*(?P<sections>(?:[ ,]*§\d+(?:[–-]§\d+)?)*)")
 
 
 def _citations(text: str) -> list[tuple[str, list[int]]]:
@@ -49,7 +49,7 @@ def test_every_cited_document_and_section_exists():
 
 def test_the_check_catches_a_missing_document_and_a_missing_section():
     """Positive control: a citation of an absent file, or of a section the file lacks, is reported."""
-    text = '"""See ``MATH.md`` §3, ../elsewhere/NOTES.md and docs/statistics.md §2–§3, §99.\nMATH.md, Table 2."""'
+    text = '"""See ``MATH.md`` §3, ../elsewhere/NOTES.md and ``docs/statistics.md`` §2–§3, §99.\nMATH.md, Table 2."""'
     assert _problems([("probe.py", text)]) == [
         "probe.py cites MATH.md, which is not in the repository",
         "probe.py cites ../elsewhere/NOTES.md, which is not in the repository",

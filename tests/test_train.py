@@ -223,6 +223,7 @@ def test_resume_from_a_legacy_two_file_checkpoint_drops_duplicate_rows(tmp_path,
     T.train(_config(fmnist, out, epochs=2))
     assert _log_epochs(out) == [1, 2]
     assert _checkpoint_epoch(out) == 2
+    assert not (out / "checkpoint.json").exists()  # the stale legacy metadata is gone
 
 
 def test_resume_refuses_fewer_epochs_than_trained(tmp_path, fmnist):
