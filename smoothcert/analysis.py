@@ -1,4 +1,4 @@
-"""Certified-accuracy analysis of certification logs (MATH.md §5, §6, §10); no torch import.
+"""Certified-accuracy analysis of certification logs (docs/statistics.md §6, §7, §11); no torch import.
 
 Reads smoothcert's logs and the 2019 reference's (radius to 3 significant digits, time as
 seconds or ``H:MM:SS.ffffff``, no extra columns). Certified accuracy at ``r`` is the fraction of
@@ -238,7 +238,7 @@ def recompute_radii(log: CertifyLog, bound: str, *, sigma: float | None = None) 
         from scipy.stats import norm
 
         p = norm.cdf(log.radius / s)
-    funcs = {"cohen": stats.cohen_radius, "lecuyer": stats.lecuyer_radius, "li": stats.li_radius}
+    funcs: dict[str, Any] = {"cohen": stats.cohen_radius, "lecuyer": stats.lecuyer_radius, "li": stats.li_radius}
     if bound not in funcs:
         raise ValueError(f"bound must be one of {', '.join(funcs)}, got {bound!r}")
     r = np.asarray(funcs[bound](np.clip(p, 0.0, 1.0), sigma=s), dtype=np.float64)
@@ -284,7 +284,7 @@ def summarize(
 ) -> list[Summary]:
     """Certified accuracy, ACR and abstention rate of each log over ``radii``.
 
-    ``high_prob=gamma`` adds ``certified_accuracy_lower``, the bound of MATH.md §6 that holds
+    ``high_prob=gamma`` adds ``certified_accuracy_lower``, the bound of paper App. D, Thm 6 that holds
     with probability ``>= 1 - gamma``; ``bound`` recomputes radii with another guarantee.
     """
     out = []

@@ -1,4 +1,4 @@
-"""Attacks: L2 PGD on the smoothed classifier (MATH.md §9) and DeepFool on a base classifier.
+"""Attacks: L2 PGD on the smoothed classifier (paper App. J.3) and DeepFool on a base classifier.
 
 Certificates are lower bounds on robustness; attacks give upper bounds. Together they show how
 tight the certificates are (paper Sec. 4, App. J.3) and how an undefended network fares
@@ -63,7 +63,7 @@ def smoothed_pgd(
     ``step_size`` along the normalized gradient and projects onto the L2 ball of radius
     ``epsilon`` (a number, or one per example). Batched over the examples of ``x`` (B, ...),
     with labels ``y`` (B,). Returns the perturbed inputs ``x + delta`` with ``||delta|| <= epsilon``.
-    Whether ``g`` actually changed must be judged with PREDICT at the result (MATH.md §9).
+    Whether ``g`` actually changed must be judged with PREDICT at the result (docs/statistics.md §10).
     """
     sigma = check_sigma(sigma)
     steps = check_int("steps", steps, 0)

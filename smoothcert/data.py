@@ -309,7 +309,7 @@ def load_dataset(
 ) -> Dataset[Any]:
     """Load split ``train`` or ``test`` (``val`` is accepted for ``test``) of data set ``name``.
 
-    ``augment`` applies the data set's training augmentation (random crops and flips, MATH.md §8).
+    ``augment`` applies the data set's training augmentation (random crops and flips, paper App. J.2).
     Missing files raise :class:`DatasetNotFoundError` saying where it looked and how to get them.
     """
     spec = get_spec(name)

@@ -1,7 +1,7 @@
 """Base-classifier architectures, and checkpoints that never go through pickle.
 
 Every model built here starts with its dataset's per-channel normalization, so it takes
-``[0, 1]`` pixels and the smoothing noise lives in pixel space (MATH.md §1).
+``[0, 1]`` pixels and the smoothing noise lives in pixel space (paper App. J.2; docs/statistics.md §1).
 
 Checkpoints are a directory holding ``model.safetensors`` (the weights) and ``model.json``
 (architecture, data set, training sigma, normalization, accuracies, versions).

@@ -5,14 +5,14 @@ scalars or numpy arrays (broadcast together) and returns a Python ``float``/``in
 scalar input or a numpy array otherwise. Arguments are validated and a bad one raises a
 ``ValueError`` naming it and its value.
 
-Formulas follow Cohen, Rosenfeld & Kolter (ICML 2019); see ``MATH.md`` §2–§6 in the
-project's reference folder for the restatement used here.
+Formulas follow Cohen, Rosenfeld & Kolter (ICML 2019): Theorem 1, Propositions 1–2, App. C, D
+and I; ``docs/statistics.md`` §2–§7 states and derives each one.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -32,7 +32,10 @@ __all__ = [
     "predict_pvalue",
 ]
 
-Float = Any  # float for scalar input, NDArray[np.float64] for array input
+FloatArray = NDArray[np.float64]
+# The functions below return a Python float when every argument is a scalar (a number or a 0-d
+# array) and a float64 array otherwise; their overloads say so where the types can tell: all
+# arguments Python numbers gives ``float``, anything else ``float | FloatArray``.
 
 
 # --------------------------------------------------------------------------- validation
@@ -42,10 +45,10 @@ def _is_scalar(*xs: ArrayLike) -> bool:
     return all(np.ndim(x) == 0 for x in xs)
 
 
-def _ret(x: NDArray[Any], scalar: bool) -> Any:
+def _ret(x: NDArray[Any], scalar: bool) -> float | FloatArray:
     if scalar:
-        return x.item()
-    return x
+        return float(x.item())
+    return np.asarray(x, dtype=np.float64)
 
 
 def _fmt(value: Any) -> str:
@@ -106,7 +109,15 @@ def _check_counts(k: ArrayLike, n: ArrayLike) -> tuple[NDArray[np.int64], NDArra
 # --------------------------------------------------------------------------- confidence bounds
 
 
-def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Float:
+@overload
+def clopper_pearson_lower(k: float, n: float, alpha: float) -> float: ...
+
+
+@overload
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | FloatArray: ...
+
+
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | FloatArray:
     """One-sided Clopper–Pearson lower bound at level ``1 - alpha``.
 
     ``LB = BetaQuantile(alpha; k, n - k + 1)`` for ``k >= 1`` and ``0`` for ``k = 0``, so that
@@ -124,7 +135,15 @@ def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Float
     return _ret(np.asarray(lb, dtype=np.float64), scalar)
 
 
-def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Float:
+@overload
+def clopper_pearson_upper(k: float, n: float, alpha: float) -> float: ...
+
+
+@overload
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | FloatArray: ...
+
+
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | FloatArray:
     """One-sided Clopper–Pearson upper bound at level ``1 - alpha``.
 
     ``UB = BetaQuantile(1 - alpha; k + 1, n - k)`` for ``k < n`` and ``1`` for ``k = n``, so
@@ -144,12 +163,22 @@ def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> Float
 # --------------------------------------------------------------------------- radii
 
 
+@overload
+def cohen_radius(p_lower: float, p_upper_runner_up: float | None = ..., *, sigma: float = ...) -> float: ...
+
+
+@overload
+def cohen_radius(
+    p_lower: ArrayLike, p_upper_runner_up: ArrayLike | None = ..., *, sigma: ArrayLike = ...
+) -> float | FloatArray: ...
+
+
 def cohen_radius(
     p_lower: ArrayLike,
     p_upper_runner_up: ArrayLike | None = None,
     *,
     sigma: ArrayLike = 1.0,
-) -> Float:
+) -> float | FloatArray:
     """Certified L2 radius of Theorem 1 (Cohen et al. 2019).
 
     With the runner-up bound: ``R = sigma / 2 * (Phi^-1(pA_lower) - Phi^-1(pB_upper))``.
@@ -208,7 +237,19 @@ def _refine_sup(
     return best
 
 
-def lecuyer_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None = None, *, sigma: ArrayLike = 1.0) -> Float:
+@overload
+def lecuyer_radius(p_a: float, p_runner_up: float | None = ..., *, sigma: float = ...) -> float: ...
+
+
+@overload
+def lecuyer_radius(
+    p_a: ArrayLike, p_runner_up: ArrayLike | None = ..., *, sigma: ArrayLike = ...
+) -> float | FloatArray: ...
+
+
+def lecuyer_radius(
+    p_a: ArrayLike, p_runner_up: ArrayLike | None = None, *, sigma: ArrayLike = 1.0
+) -> float | FloatArray:
     """Radius certified by the Gaussian-mechanism bound of Lecuyer et al. (2019), App. I.
 
     ``R = sup_{0 < b < min(1, ln(pA/pB)/2)} sigma * b / sqrt(2 ln(1.25 (1 + e^b) / (pA - e^(2b) pB)))``
@@ -258,7 +299,15 @@ def _lecuyer_objective(a: NDArray[np.float64], b: NDArray[np.float64]) -> Any:
     return objective
 
 
-def li_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None = None, *, sigma: ArrayLike = 1.0) -> Float:
+@overload
+def li_radius(p_a: float, p_runner_up: float | None = ..., *, sigma: float = ...) -> float: ...
+
+
+@overload
+def li_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None = ..., *, sigma: ArrayLike = ...) -> float | FloatArray: ...
+
+
+def li_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None = None, *, sigma: ArrayLike = 1.0) -> float | FloatArray:
     """Radius certified by the Renyi-divergence bound of Li et al. (2018), App. I.
 
     ``R = sup_{a > 1} sigma * sqrt(-(2/a) ln(1 - pA - pB + 2 ((pA^(1-a) + pB^(1-a)) / 2)^(1/(1-a))))``
@@ -296,7 +345,15 @@ def _li_objective(a: NDArray[np.float64], b: NDArray[np.float64]) -> Any:
     return objective
 
 
-def max_radius(n: ArrayLike, alpha: ArrayLike, *, sigma: ArrayLike = 1.0) -> Float:
+@overload
+def max_radius(n: float, alpha: float, *, sigma: float = ...) -> float: ...
+
+
+@overload
+def max_radius(n: ArrayLike, alpha: ArrayLike, *, sigma: ArrayLike = ...) -> float | FloatArray: ...
+
+
+def max_radius(n: ArrayLike, alpha: ArrayLike, *, sigma: ArrayLike = 1.0) -> float | FloatArray:
     """Largest radius CERTIFY can return with ``n`` samples: ``sigma * Phi^-1(alpha^(1/n))``.
 
     This is the radius when all ``n`` estimation votes go to the top class. ``0.0`` when
@@ -345,7 +402,15 @@ def min_certify_n(alpha: float) -> int:
 # --------------------------------------------------------------------------- PREDICT
 
 
-def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> Float:
+@overload
+def predict_pvalue(count_a: float, count_b: float) -> float: ...
+
+
+@overload
+def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> float | FloatArray: ...
+
+
+def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> float | FloatArray:
     """PREDICT's exact two-sided binomial p-value for ``count_a`` of ``count_a + count_b`` at 1/2.
 
     The null distribution is symmetric, so the two-sided p-value is
@@ -366,8 +431,18 @@ def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> Float:
 # --------------------------------------------------------------------------- test-set bound
 
 
-def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, gamma: float) -> Float:
-    """Lower bound on the true certified accuracy, valid w.p. ``>= 1 - gamma`` (MATH.md §6).
+@overload
+def certified_accuracy_lower_bound(accuracy: float, m: int, alpha: float, gamma: float) -> float: ...
+
+
+@overload
+def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, gamma: float) -> float | FloatArray: ...
+
+
+def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, gamma: float) -> float | FloatArray:
+    """Lower bound on the true certified accuracy, valid w.p. ``>= 1 - gamma`` (paper App. D, Thm 6).
+
+    Derivation: ``docs/statistics.md`` §7.
 
     From Bernstein's inequality on the number of wrong certificates among ``m`` examples,
     each wrong with probability ``<= alpha``: with ``L = ln(1/gamma)``,

@@ -1,17 +1,20 @@
-"""Training a base classifier under Gaussian data augmentation (MATH.md §8).
+"""Training a base classifier under Gaussian data augmentation (paper Sec. 3.3, App. F; docs/statistics.md §9).
 
 Minimizes ``E_(x,y) E_eps CE(f(x + eps), y)`` with ``eps ~ N(0, sigma^2 I)`` drawn fresh for
 every example in every batch, after the data set's crops and flips and before the model's own
 normalization layer. SGD with a step schedule, the reference's defaults.
 
-A run directory holds ``train_log.tsv`` (one row per epoch), ``checkpoint.safetensors`` and
-``checkpoint.json`` (the last finished epoch, for resuming), and at the end ``model.safetensors``
-and ``model.json``. Under ``torchrun`` the batches are sharded with DistributedDataParallel.
+A run directory holds ``checkpoint.safetensors`` (the last finished epoch, for resuming: weights,
+optimizer state, and the run's identity and log rows in its metadata, replaced atomically),
+``train_log.tsv`` (one row per epoch, rewritten from the checkpoint) and at the end
+``model.safetensors`` and ``model.json``. Under ``torchrun`` the batches are sharded with
+DistributedDataParallel; each rank draws its own noise and augmentation (:func:`epoch_seeds`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -27,7 +30,7 @@ from .data import get_spec, load_dataset
 from .distributed import DistContext
 from .models import build_model, save_model, upgrade_legacy_keys, versions
 
-__all__ = ["TrainConfig", "evaluate", "resolve_device", "train"]
+__all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "resolve_device", "train"]
 
 # fields of TrainConfig that change the trained weights; a run can only resume if they agree
 _IDENTITY = (
@@ -47,7 +50,7 @@ _IDENTITY = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of ``smoothcert train``; defaults are the 2019 reference's (MATH.md §8)."""
+    """Settings of ``smoothcert train``; defaults are the 2019 reference code's (docs/statistics.md §9)."""
 
     dataset: str
     arch: str
@@ -122,9 +125,80 @@ def _progress(it: Iterable[Any], enabled: bool, **kw: Any) -> Any:
     return tqdm(it, **kw)
 
 
+_LOG_HEADER = "epoch\tlr\ttrain_loss\ttrain_acc\ttest_clean_acc\ttest_noisy_acc\ttime"
+_CKPT_KEY = "smoothcert_checkpoint"  # safetensors metadata key holding the checkpoint's JSON
+
+
+@dataclass(frozen=True)
+class EpochSeeds:
+    """The seeds of one epoch on one rank (see :func:`epoch_seeds`).
+
+    ``shuffle`` is shared by all ranks (``DistributedSampler`` shards one permutation, so the shards
+    stay disjoint); ``augment`` (crops and flips, in the main process and as the DataLoader workers'
+    base seed) and ``noise`` (the Gaussian augmentation noise) are this rank's own.
+    """
+
+    shuffle: int
+    augment: int
+    noise: int
+
+
+def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> EpochSeeds:
+    """Seeds of ``epoch`` on ``rank``, a pure function of ``(seed, epoch, rank)``.
+
+    Each is the first 63 bits of ``numpy.random.SeedSequence(seed, spawn_key=(epoch, stream, rank))``
+    with one stream number per purpose; the fixed-length spawn key keeps all of them distinct, so
+    every rank draws its own noise and augmentation, and resuming an epoch draws the same again.
+    """
+    import numpy as np
+
+    check_int("seed", seed, 0)
+    check_int("epoch", epoch, 0)
+    check_int("rank", rank, 0)
+
+    def draw(stream: int, r: int) -> int:
+        state = np.random.SeedSequence(seed, spawn_key=(epoch, stream, r)).generate_state(1, np.uint64)
+        return int(state[0]) >> 1
+
+    return EpochSeeds(shuffle=draw(0, 0), augment=draw(1, rank), noise=draw(2, rank))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, dest: Path) -> None:
+    """Make ``tmp`` durable, then atomically rename it to ``dest``."""
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def _write_log(out: Path, rows: list[str]) -> None:
+    """Replace ``train_log.tsv`` with the header and ``rows`` (atomically: tmp file, then rename)."""
+    tmp = out / "train_log.tsv.tmp"
+    tmp.write_text("\n".join([_LOG_HEADER, *rows]) + "\n")
+    _commit(tmp, out / "train_log.tsv")
+
+
 def _save_checkpoint(
-    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig
+    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig, log: list[str]
 ) -> None:
+    """Write the checkpoint of ``epoch`` as one file, atomically, then the log derived from it.
+
+    ``checkpoint.safetensors`` holds the weights, the momentum buffers and, in its metadata, the
+    epoch, the run's identity and every log row so far. It replaces the previous one by a single
+    rename, the commit point; ``train_log.tsv`` is then rewritten from those rows, and on resume
+    again from the checkpoint, so a crash at any step leaves each epoch in the log exactly once.
+    """
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -132,35 +206,69 @@ def _save_checkpoint(
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"optim.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
+    meta = {"epoch": epoch, "config": {k: getattr(config, k) for k in _IDENTITY}, "log": log}
     tmp = out / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(out / "checkpoint.safetensors")
-    meta = {"epoch": epoch, "config": {k: getattr(config, k) for k in _IDENTITY}}
-    (out / "checkpoint.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "checkpoint.json.tmp").replace(out / "checkpoint.json")
+    save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
+    _commit(tmp, out / "checkpoint.safetensors")
+    (out / "checkpoint.json").unlink(missing_ok=True)  # a legacy two-file checkpoint's, now stale
+    _write_log(out, log)
 
 
-def _load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> int:
-    """Restore the last finished epoch from ``out``; returns it (0 when there is none)."""
-    from safetensors.torch import load_file
+def _read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(meta, tensors)`` of the checkpoint in ``out``, or None when there is none."""
+    from safetensors import safe_open
 
-    meta_path = out / "checkpoint.json"
-    if not meta_path.exists():
-        return 0
-    meta = json.loads(meta_path.read_text())
+    path = out / "checkpoint.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        stored = (fh.metadata() or {}).get(_CKPT_KEY)
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if stored is not None:
+        return dict(json.loads(stored)), tensors
+    legacy = out / "checkpoint.json"  # written by smoothcert <= 0.1 next to the weights
+    if not legacy.exists():
+        raise ValueError(f"{path} is not a smoothcert training checkpoint (no {_CKPT_KEY!r} metadata)")
+    meta = dict(json.loads(legacy.read_text()))
+    rows: dict[int, str] = {}
+    log_path = out / "train_log.tsv"
+    if log_path.exists():
+        for line in log_path.read_text().splitlines()[1:]:
+            first = line.split("\t", 1)[0]
+            if first.isdigit() and int(first) <= int(meta["epoch"]):
+                rows[int(first)] = line  # the last row of an epoch written twice wins
+    meta["log"] = [rows[e] for e in sorted(rows)]
+    return meta, tensors
+
+
+def _load_checkpoint(
+    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> tuple[int, list[str]]:
+    """Restore the last finished epoch from ``out``; returns it (0 when there is none) and its log rows."""
+    found = _read_checkpoint(out)
+    if found is None:
+        return 0, []
+    meta, tensors = found
     want = {k: getattr(config, k) for k in _IDENTITY}
     diff = {k: (meta["config"].get(k), v) for k, v in want.items() if meta["config"].get(k) != v}
     if diff:
         details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
         raise ValueError(f"{out} holds a training run with a different configuration ({details}); use another --out")
-    tensors = load_file(str(out / "checkpoint.safetensors"))
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(upgrade_legacy_keys(config.arch, state))
     for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         key = f"optim.{i}.momentum_buffer"
         if key in tensors:
             optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
-    return int(meta["epoch"])
+    return int(meta["epoch"]), [str(r) for r in meta["log"]]
+
+
+def _saved_epochs(meta_path: Path) -> int | None:
+    """The ``epochs`` recorded in a finished run's ``model.json``, or None when there is none."""
+    try:
+        return int(json.loads(meta_path.read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any]:
@@ -184,23 +292,25 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    start = _load_checkpoint(out, model, optimizer, config)
+    start, log = _load_checkpoint(out, model, optimizer, config)
+    if start > config.epochs:
+        raise ValueError(f"{out} already holds {start} trained epochs, more than epochs={config.epochs}")
     net: nn.Module = dist.wrap(model)
 
-    log_path = out / "train_log.tsv"
-    if dist.is_main and (start == 0 or not log_path.exists()):
-        log_path.write_text("epoch\tlr\ttrain_loss\ttrain_acc\ttest_clean_acc\ttest_noisy_acc\ttime\n")
+    if dist.is_main:
+        _write_log(out, log)  # the log is derived from the checkpoint: rows of unfinished epochs go
     clean_acc = noisy_acc = float("nan")
     for epoch in range(start + 1, config.epochs + 1):
         began = time.perf_counter()
         lr = config.lr * config.gamma ** ((epoch - 1) // config.lr_step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(
-            config.seed * 100_003 + epoch
-        )  # augmentation and noise: fixed per epoch, so resuming repeats them
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = dist.sampler(train_set, seed=config.seed * 100_003 + epoch)
+        seeds = epoch_seeds(config.seed, epoch, dist.rank)  # fixed per epoch, so resuming repeats them
+        torch.manual_seed(seeds.augment)  # crops and flips drawn in this process (workers=0)
+        noise_gen = torch.Generator(device=device).manual_seed(seeds.noise)
+        # alone, the loader's generator shuffles; it also seeds the DataLoader workers' augmentation
+        order = torch.Generator().manual_seed(seeds.shuffle if dist.world_size <= 1 else seeds.augment)
+        sampler = dist.sampler(train_set, seed=seeds.shuffle)
         loader = DataLoader(
             train_set,
             batch_size=config.batch,
@@ -219,8 +329,9 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            noisy = x + torch.randn_like(x) * config.sigma if config.sigma else x  # fresh noise per example per batch
-            logits = net(noisy)
+            if config.sigma:  # fresh noise per example per batch, from this rank's own stream
+                x = x + config.sigma * torch.randn(x.shape, generator=noise_gen, device=device, dtype=x.dtype)
+            logits = net(x)
             loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,13 +343,11 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         if dist.is_main:
             clean_acc, noisy_acc = evaluate(model, test_set, sigma=config.sigma, device=device)
-            with log_path.open("a") as fh:
-                fh.write(
-                    f"{epoch}\t{lr:.6g}\t{loss_sum / seen:.6f}\t{correct / seen:.6f}\t"
-                    f"{clean_acc:.6f}\t{noisy_acc:.6f}\t"
-                    f"{time.perf_counter() - began:.3f}\n"
-                )
-            _save_checkpoint(out, model, optimizer, epoch, config)
+            log.append(
+                f"{epoch}\t{lr:.6g}\t{loss_sum / seen:.6f}\t{correct / seen:.6f}\t"
+                f"{clean_acc:.6f}\t{noisy_acc:.6f}\t{time.perf_counter() - began:.3f}"
+            )
+            _save_checkpoint(out, model, optimizer, epoch, config, log)
             if config.progress:
                 print(
                     f"epoch {epoch}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
@@ -248,8 +357,10 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         dist.barrier()
 
     meta_path = out / "model.json"
-    if dist.is_main and not (start >= config.epochs and meta_path.exists()):
-        if clean_acc != clean_acc:  # resumed after the last epoch without a model.json: evaluate now
+    # model.json is written last: it is current only when it names this epoch count (a crash
+    # between save_model's two renames leaves an older one, or none)
+    if dist.is_main and not (start >= config.epochs and _saved_epochs(meta_path) == config.epochs):
+        if clean_acc != clean_acc:  # resumed after the last epoch without a current model.json: evaluate now
             clean_acc, noisy_acc = evaluate(model, test_set, sigma=config.sigma, device=device)
         meta = {
             "arch": config.arch,

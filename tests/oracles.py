@@ -1,4 +1,4 @@
-"""Base classifiers whose smoothed class probabilities are known exactly (MATH.md §7)."""
+"""Base classifiers whose smoothed class probabilities are known exactly (paper App. B; docs/statistics.md §8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from scipy import stats as st
 
 
 class LinearBinary(torch.nn.Module):
-    """f(x) = 1[w.x + b > 0] as two logits (MATH.md §7): g = f and pA = Phi(|w.x + b| / (sigma ||w||))."""
+    """f(x) = 1[w.x + b > 0] as two logits (paper App. B, Prop. 3): g = f and pA = Phi(|w.x + b| / (sigma ||w||))."""
 
     def __init__(self, w: torch.Tensor, b: float) -> None:
         super().__init__()

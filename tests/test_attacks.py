@@ -1,4 +1,4 @@
-"""Attacks against the linear oracle (MATH.md §7, §9) and end to end on a small trained model."""
+"""Attacks against the linear oracle (paper App. B, J.3; docs/statistics.md §8, §10) and end to end on a small trained model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SmoothedClassifier: guarantees checked against exact oracles (MATH.md §2–§4, §7)."""
+"""SmoothedClassifier: guarantees checked against exact oracles (paper Thm 1, Props. 1–4; docs/statistics.md §2–§5, §8)."""
 
 from __future__ import annotations
 
@@ -470,7 +470,7 @@ def test_unsupported_noise_norm_pairs_are_refused():
         SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="cauchy")
     from smoothcert.noises import Laplace
 
-    with pytest.raises(ValueError, match="noise has sigma=0.25 but sigma=0.5"):
+    with pytest.raises(ValueError, match=r"noise has sigma=0\.25 but sigma=0\.5"):
         SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=Laplace(0.25))
 
 

@@ -1,4 +1,4 @@
-"""smoothcert.stats against scipy, statsmodels and closed forms (MATH.md §3–§6)."""
+"""smoothcert.stats against scipy, statsmodels and closed forms (docs/statistics.md §2–§7)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_cohen_radius_closed_forms():
 
 @pytest.mark.parametrize(("n", "expected"), [(100, 1.50), (1_000, 2.46), (10_000, 3.20), (100_000, 3.81)])
 def test_max_radius_table(n, expected):
-    # MATH.md §3: R_max(n, 0.001, sigma) = sigma * Phi^-1(0.001^(1/n))
+    # paper Sec. 3.2.2, Fig. 5 right; docs/statistics.md §4: R_max(n, 0.001, sigma) = sigma * Phi^-1(0.001^(1/n))
     assert round(S.max_radius(n, 0.001), 2) == expected
     assert S.max_radius(n, 0.001, sigma=0.5) == pytest.approx(0.5 * S.max_radius(n, 0.001), rel=1e-12)
     assert S.max_radius(n, 0.001) == pytest.approx(S.cohen_radius(S.clopper_pearson_lower(n, n, 0.001)), rel=1e-12)
@@ -104,7 +104,7 @@ def test_min_predict_n_is_the_threshold(alpha):
 
 
 def test_min_predict_n_at_reference_alpha():
-    assert S.min_predict_n(0.001) == 11  # MATH.md §4: abstains for n <= 10
+    assert S.min_predict_n(0.001) == 11  # docs/statistics.md §5: abstains for n <= 10
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.2, 0.1, 0.05, 0.01, 0.001, 1e-5, 0.25, 0.125])
@@ -114,7 +114,7 @@ def test_min_certify_n_is_the_threshold(alpha):
     assert n == 1 or S.clopper_pearson_lower(n - 1, n - 1, alpha) <= 0.5
 
 
-# MATH.md §5, sigma = 1, brute-force values to about 3 decimals
+# paper App. I, Fig. 5 left; docs/statistics.md §6: sigma = 1, dense-grid values to 4 decimals
 BOUND_TABLE = [
     (0.55, 0.1257, 0.1003, 0.0273),
     (0.70, 0.5244, 0.4191, 0.1350),
@@ -176,3 +176,53 @@ def test_bad_arguments_name_argument_and_value(call, exc, fragment):
     with pytest.raises(exc) as info:
         call()
     assert fragment in str(info.value)
+
+
+# every public function, called the way the overloads distinguish: Python numbers, then arrays
+_TYPED_CALLS = {
+    "clopper_pearson_lower": ("3, 10, 0.05", "np.array([3, 4]), 10, 0.05"),
+    "clopper_pearson_upper": ("3, 10, 0.05", "np.array([3, 4]), 10, 0.05"),
+    "cohen_radius": ("0.9, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "lecuyer_radius": ("0.9, 0.05, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "li_radius": ("0.9, sigma=0.5", "np.array([0.9, 0.6]), sigma=0.5"),
+    "max_radius": ("100, 0.001, sigma=0.5", "np.array([100, 1000]), 0.001"),
+    "predict_pvalue": ("7, 3", "np.array([7, 9]), np.array([3, 1])"),
+    "certified_accuracy_lower_bound": ("0.8, 500, 0.001, 0.05", "np.array([0.8, 0.5]), 500, 0.001, 0.05"),
+}
+
+
+def test_return_types_are_what_the_annotations_say():
+    """At run time: Python float for scalar arguments (0-d arrays included), float64 arrays otherwise."""
+    for name, (scalar, array) in _TYPED_CALLS.items():
+        f = getattr(S, name)
+        env = {"np": np, "f": f}
+        assert type(eval(f"f({scalar})", env)) is float, name
+        assert type(eval(f"f(np.asarray({scalar.split(',')[0]}), {scalar.partition(',')[2]})", env)) is float, name
+        out = eval(f"f({array})", env)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (2,), name
+
+
+@pytest.mark.slow
+def test_mypy_sees_the_return_types(tmp_path):
+    """The annotations carry the return types to callers: ``float`` for Python numbers, and
+    ``float | NDArray[float64]`` otherwise. Control: a wrong ``assert_type`` is reported, so a
+    return type of ``Any`` (which ``assert_type(x, float)`` rejects too) could not pass."""
+    api = pytest.importorskip("mypy.api")
+    lines = [
+        "import numpy as np",
+        "from numpy.typing import NDArray",
+        "from typing_extensions import assert_type",
+        "from smoothcert import stats as S",
+    ]
+    for name, (scalar, array) in _TYPED_CALLS.items():
+        lines.append(f"assert_type(S.{name}({scalar}), float)")
+        lines.append(f"assert_type(S.{name}({array}), float | NDArray[np.float64])")
+    good = tmp_path / "good.py"
+    good.write_text("\n".join(lines) + "\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("\n".join([*lines[:4], "assert_type(S.cohen_radius(0.9), int)"]) + "\n")
+    args = ["--python-version", "3.10", "--cache-dir", str(tmp_path / "cache"), "--no-error-summary"]
+    out, err, status = api.run([*args, str(good)])
+    assert status == 0, out + err
+    out, _, status = api.run([*args, str(bad)])
+    assert status == 1 and 'Expression is of type "float", not "int"' in out, out
