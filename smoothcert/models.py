@@ -249,7 +249,7 @@ def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / "model.safetensors.tmp"
-    _save(model, str(tmp))
+    _save(model, str(tmp), force_contiguous=True)  # channels-last weights are saved in standard layout
     tmp.replace(d / "model.safetensors")
     meta_tmp = d / "model.json.tmp"
     meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
