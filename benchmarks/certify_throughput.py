@@ -1,40 +1,71 @@
-"""Certification throughput: the base model's raw forward rate, smoothcert, and the 2019 loop.
+"""Certification throughput against the machine's real limit: its measured matmul peak.
 
-For each model, on the same weights and inputs, at the same batch size:
+In one run, on the same weights and inputs:
 
-  (a) raw forward throughput of the base model (samples/s): the ceiling for fixed-n CERTIFY;
-  (b) smoothcert's CERTIFY throughput, (n0 + n) samples per example;
-  (c) a re-implementation of the 2019 reference sampling loop (repeat the input, add noise,
-      forward, move predictions to the CPU, count them in a Python loop) doing the same CERTIFY.
+**Peak.** The machine's matmul rate, ``2 m^3 / t`` for a square ``torch.mm`` of size ``m``
+(2048 on a CPU, 8192 on a GPU), best of ``--peak-repeats`` timings, in float32 and, where the
+device has native bf16 (:func:`smoothcert.perf.cpu_supports_bf16`, or CUDA), in bfloat16. It
+is measured at the start and at the end of the run and the larger value is kept (a peak is an
+upper bound; a busy machine only lowers it).
 
-It also times PREDICT over many inputs at small n (smoothcert packs several inputs into one
-forward pass; the reference runs one example at a time) and the peak memory of CERTIFY at
-n = 100,000 against n = 10,000 (each in a fresh process).
+**FLOPs per sample** of each model, from ``torch.utils.flop_counter.FlopCounterMode`` on one
+forward pass: matmul and convolution FLOPs (2 per multiply-add); elementwise work (ReLU, batch
+norm, additions) is not counted, as in the matmul peak. Achieved GFLOP/s = samples/s x FLOPs
+per sample; its share of the peak is the figure to read.
 
-    python benchmarks/certify_throughput.py                 # all CPU models, markdown table
-    python benchmarks/certify_throughput.py --models small_cnn --json out.json
-    python benchmarks/certify_throughput.py --channels-last --compile   # model-speed options
+**CERTIFY rows**, per model ((n0 + n) samples per example, batch 1000 = the noise block):
 
-Every figure is the best of ``--repeats`` runs (timings on a shared machine only err upward).
+- ``old defaults``: ``SmoothedClassifier`` as before issue 14: forward passes of the whole
+  batch (1000), contiguous layout, glibc's default ``malloc``, torch's default thread count.
+  Measured in a child process, because :func:`smoothcert.perf.tune_malloc` is process-wide and
+  cannot be undone.
+- ``new defaults``: :func:`~smoothcert.perf.tune_malloc`, :func:`~smoothcert.perf.set_threads`,
+  a channels-last copy of the model, ``channels_last=True`` and ``pass_size="auto"`` (measured by
+  :func:`~smoothcert.perf.choose_pass_size`, at most the batch).
+- ``new + bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)``, where supported.
+
+Each row times, interleaved in rounds (rotated order, after one warm-up of each):
+(a) the raw forward rate of the base model on CERTIFY's own pass schedule, under the row's
+settings (layout, pass size, precision; random inputs, no noise) -- the ceiling for fixed-n
+CERTIFY; (b) smoothcert's CERTIFY; (c) a re-implementation of the 2019 reference loop (repeat
+the input, add noise, forward 1000 at a time on the contiguous model, move predictions to the
+host, count them in Python) doing the same CERTIFY, in the row's process (fp32 rows only).
+Rates are ``(n0 + n) / median time``; the ratios b/a and b/c are medians of the per-round
+ratios. ``old defaults`` rows skip (a). "new vs old" compares median rates from the two
+processes (measured one after the other, not interleaved).
+
+**PREDICT** over many inputs at small n: smoothcert with the new defaults (inputs packed into
+shared passes, auto pass size) against the 2019 per-example loop; median times of
+``--predict-repeats`` rounds. **Memory**: peak RSS of a fresh process (new defaults) certifying
+one ``small_cnn`` input at n = 10,000 and n = 100,000.
+
+    python benchmarks/certify_throughput.py                       # CPU: about 6-8 minutes on 2 cores
+    python benchmarks/certify_throughput.py --json out.json       # also write every figure
+    python benchmarks/certify_throughput.py --quick --models small_cnn   # a smoke run, well under a minute
+
+On a CUDA device (the default when one is present) resnet50 is added and n = 100,000.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from smoothcert import SmoothedClassifier, stats
 from smoothcert.models import build_model
+from smoothcert.perf import choose_pass_size, cpu_supports_bf16, set_threads, tune_malloc
 
 SHAPES = {
     "small_cnn": (1, 28, 28),
@@ -42,6 +73,59 @@ SHAPES = {
     "cifar_resnet110": (3, 32, 32),
     "resnet50": (3, 224, 224),
 }
+# samples per CERTIFY on a CPU: enough passes for a stable rate, small enough for a 2-core machine
+CPU_N = {"small_cnn": 10_000, "cifar_resnet20": 2_000, "cifar_resnet110": 500, "resnet50": 500}
+QUICK_N = {"small_cnn": 2_000, "cifar_resnet20": 300, "cifar_resnet110": 100, "resnet50": 100}
+# inputs for the PREDICT comparison on a CPU (n = 100 each)
+CPU_PREDICT_INPUTS = {"small_cnn": 1000, "cifar_resnet20": 100, "cifar_resnet110": 30, "resnet50": 20}
+
+
+# ----------------------------------------------------------------------------- the hardware limit
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square ``torch.mm`` of ``size``: ``2 size^3 / t`` for the best of ``repeats`` timings."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((size, size), generator=g, device=device).to(dtype)
+    b = torch.randn((size, size), generator=g, device=device).to(dtype)
+    out = torch.empty((size, size), dtype=dtype, device=device)
+    torch.mm(a, b, out=out)  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device runs bf16 natively (CPU: oneDNN's check; CUDA: torch's)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def measure_peaks(device: torch.device, repeats: int) -> dict[str, float]:
+    size = 8192 if device.type == "cuda" else 2048
+    peaks = {"fp32": matmul_peak(torch.float32, device, size=size, repeats=repeats)}
+    if bf16_supported(device):
+        peaks["bf16"] = matmul_peak(torch.bfloat16, device, size=size, repeats=repeats)
+    return peaks
+
+
+def flops_per_sample(model: torch.nn.Module, shape: Sequence[int], device: torch.device, batch: int = 2) -> float:
+    """Matmul + convolution FLOPs of one forward pass per sample (torch's FLOP counter, 2 per multiply-add)."""
+    x = torch.rand((batch, *shape), device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / batch
 
 
 # ----------------------------------------------------------------------------- the 2019 loop, re-implemented
@@ -94,19 +178,14 @@ def reference_predict(
 # ----------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def round_times(fns: list[Callable[[], Any]], repeats: int, device: torch.device) -> np.ndarray:
     """Times of each function in each of ``repeats`` rounds, shape (repeats, len(fns)).
 
     Each round runs every function once, interleaved and in rotated order, so a change in the machine's speed hits
-    them alike; ratios are then taken per round and summarized by their median.
+    them alike; rates are then taken from median times and ratios from the median of the per-round ratios.
     """
     for fn in fns:
-        fn()  # warm-up (allocations, cudnn autotune, compilation)
+        fn()  # warm-up (allocations, pass-size probe, cudnn autotune)
     times = np.zeros((repeats, len(fns)))
     for r in range(repeats):
         for j in range(len(fns)):
@@ -120,111 +199,133 @@ def round_times(fns: list[Callable[[], Any]], repeats: int, device: torch.device
     return times
 
 
-def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def certify_passes(n0: int, n: int, batch: int, pass_size: int) -> list[int]:
+    """The forward-pass sizes of one CERTIFY: blocks of at most ``batch`` samples, each cut into passes of ``pass_size``."""
+    sizes: list[int] = []
+    for total in (n0, n):
+        for start in range(0, total, batch):
+            block = min(batch, total - start)
+            sizes += [min(pass_size, block - s) for s in range(0, block, pass_size)]
+    return sizes
+
+
+def build(arch: str, device: torch.device) -> tuple[torch.nn.Module, int]:
     shape = SHAPES[arch]
+    k = 1000 if arch == "resnet50" else 10
     torch.manual_seed(0)
-    model = (
-        build_model(
-            arch,
-            num_classes=10 if arch != "resnet50" else 1000,
-            in_channels=shape[0],
-            mean=[0.5] * shape[0],
-            std=[0.25] * shape[0],
-        )
-        .to(device)
-        .eval()
-    )
-    k = 10 if arch != "resnet50" else 1000
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward: Any = torch.compile(model) if args.compile else model
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp or "")
-    b = args.batch
-    n = args.n.get(arch, 10_000)
+    model = build_model(arch, num_classes=k, in_channels=shape[0], mean=[0.5] * shape[0], std=[0.25] * shape[0])
+    return model.to(device).eval(), k
+
+
+def bench_certify(arch: str, config: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """One CERTIFY row: ``config`` is ``old`` (child process, untuned), ``new`` or ``bf16`` (tuned process)."""
+    shape = SHAPES[arch]
+    model, k = build(arch, device)
+    b, n0, n = args.batch, args.n0, args.n[arch]
     x = torch.rand(shape, device=device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    batch = torch.rand((b, *shape), device=device).contiguous(memory_format=fmt)
-
-    # the same forward passes CERTIFY makes: n0 selection samples, then n estimation samples
-    sizes = [min(b, args.n0)] * math.ceil(args.n0 / b) + [b] * (n // b) + ([n % b] if n % b else [])
-
-    def raw() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            for size in sizes:
-                forward(batch[:size]).argmax(1)
-
-    smoothed = SmoothedClassifier(forward, k, 0.25, device=device, autocast_dtype=amp, channels_last=args.channels_last)
     gen = torch.Generator(device=device).manual_seed(0)
-
-    def ours() -> None:
-        smoothed.certify(x, n0=args.n0, n=n, alpha=0.001, batch_size=b, generator=gen)
+    alpha, sigma = 0.001, 0.25
 
     def ref() -> None:
-        reference_certify(forward, x.unsqueeze(0), args.n0, n, 0.001, b, 0.25, k)
+        reference_certify(model, x.unsqueeze(0), n0, n, alpha, b, sigma, k)
 
-    times = round_times([raw, ours, ref], args.repeats, device)
-    t_raw, t_ours, t_ref = np.median(times, axis=0)
-    row: dict[str, Any] = {
-        "model": arch,
-        "batch": b,
-        "n0": args.n0,
-        "n": n,
-        "raw_forward_samples_per_s": (args.n0 + n) / t_raw,
-        "smoothcert_samples_per_s": (args.n0 + n) / t_ours,
-        "reference_samples_per_s": (args.n0 + n) / t_ref,
-    }
-    row["b_over_a"] = float(np.median(times[:, 0] / times[:, 1]))
-    row["b_over_c"] = float(np.median(times[:, 2] / times[:, 1]))
-    row["b_over_a_range"] = [float(v) for v in np.percentile(times[:, 0] / times[:, 1], [0, 100])]
+    row: dict[str, Any] = {"model": arch, "config": config, "batch": b, "n0": n0, "n": n}
+    if config == "old":
+        smoothed = SmoothedClassifier(model, k, sigma, device=device)
+        row["pass_size"] = b
+        times = round_times(
+            [lambda: smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=b, generator=gen), ref],
+            args.old_repeats,
+            device,
+        )
+        t_ours, t_ref = np.median(times, axis=0)
+        row["raw_forward_samples_per_s"] = None
+        row["b_over_a"] = None
+        row["b_over_c"] = float(np.median(times[:, 1] / times[:, 0]))
+    else:
+        amp = torch.bfloat16 if config == "bf16" else None
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        p = choose_pass_size(fast, shape, device=device, max_size=b, channels_last=True, autocast_dtype=amp)
+        row["pass_size"] = p
+        # pass_size="auto" finds the value just probed in choose_pass_size's cache (same model, shape, options)
+        smoothed = SmoothedClassifier(
+            fast, k, sigma, device=device, channels_last=True, pass_size="auto", autocast_dtype=amp
+        )
+        data = torch.rand((p, *shape), device=device).contiguous(memory_format=torch.channels_last)
+        sizes = certify_passes(n0, n, b, p)
+
+        def raw() -> None:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None),
+            ):
+                for size in sizes:
+                    fast(data[:size]).argmax(1)
+
+        def ours() -> None:
+            smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=b, generator=gen)
+
+        fns: list[Callable[[], Any]] = [raw, ours] + ([ref] if amp is None else [])
+        times = round_times(fns, args.repeats, device)
+        med = np.median(times, axis=0)
+        t_raw, t_ours = med[0], med[1]
+        t_ref = med[2] if amp is None else None
+        row["raw_forward_samples_per_s"] = (n0 + n) / t_raw
+        row["b_over_a"] = float(np.median(times[:, 0] / times[:, 1]))
+        row["b_over_a_range"] = [float(v) for v in np.percentile(times[:, 0] / times[:, 1], [0, 100])]
+        row["b_over_c"] = float(np.median(times[:, 2] / times[:, 1])) if amp is None else None
+    row["rounds"] = int(times.shape[0])
+    row["smoothcert_samples_per_s"] = (n0 + n) / t_ours
+    row["reference_samples_per_s"] = (n0 + n) / t_ref if t_ref is not None else None
     row["seconds_per_example_at_100k"] = 100_100 / row["smoothcert_samples_per_s"]
     return row
 
 
 def bench_predict(arch: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """PREDICT over many inputs: smoothcert (new defaults, packed passes) vs the 2019 per-example loop."""
     shape = SHAPES[arch]
-    torch.manual_seed(0)
-    model = (
-        build_model(arch, num_classes=10, in_channels=shape[0], mean=[0.5] * shape[0], std=[0.25] * shape[0])
-        .to(device)
-        .eval()
-    )
-    xs = torch.rand((args.predict_inputs, *shape), device=device)
-    smoothed = SmoothedClassifier(model, 10, 0.25, device=device)
+    model, k = build(arch, device)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    count = args.predict_inputs or (1000 if device.type == "cuda" else CPU_PREDICT_INPUTS[arch])
+    if args.quick and not args.predict_inputs:
+        count = max(5, count // 10)
+    xs = torch.rand((count, *shape), device=device)
+    smoothed = SmoothedClassifier(fast, k, 0.25, device=device, channels_last=True, pass_size="auto")
     gen = torch.Generator(device=device).manual_seed(0)
-    n = args.predict_n
-    t_ours, t_ref = np.median(
-        round_times(
-            [
-                lambda: smoothed.predict_batch(xs, n=n, alpha=0.001, batch_size=args.batch, generator=gen),
-                lambda: [
-                    reference_predict(model, xs[i : i + 1], n, 0.001, args.batch, 0.25, 10) for i in range(len(xs))
-                ],
-            ],
-            args.predict_repeats,
-            device,
-        ),
-        axis=0,
+    n, b = args.predict_n, args.batch
+    times = round_times(
+        [
+            lambda: smoothed.predict_batch(xs, n=n, alpha=0.001, batch_size=b, generator=gen),
+            lambda: [reference_predict(model, xs[i : i + 1], n, 0.001, b, 0.25, k) for i in range(len(xs))],
+        ],
+        args.predict_repeats,
+        device,
     )
+    t_ours, t_ref = np.median(times, axis=0)
     return {
         "model": arch,
-        "inputs": len(xs),
+        "inputs": count,
         "n": n,
-        "batch": args.batch,
-        "smoothcert_s": t_ours,
-        "reference_s": t_ref,
-        "speedup": t_ref / t_ours,
+        "batch": b,
+        "pass_size": choose_pass_size(fast, shape, device=device, max_size=b, channels_last=True),
+        "smoothcert_s": float(t_ours),
+        "reference_s": float(t_ref),
+        "speedup": float(np.median(times[:, 1] / times[:, 0])),
     }
 
 
-def peak_memory(arch: str, n: int, batch: int, device: str) -> float:
-    """Peak resident memory (MiB) of a fresh process that certifies one input with ``n`` samples."""
+def peak_memory(arch: str, n: int, batch: int, device: str) -> dict[str, Any]:
+    """Peak resident memory (MiB) of a fresh process (new defaults) that certifies one input with ``n`` samples."""
     code = f"""
 import resource, torch, json
 from smoothcert import SmoothedClassifier
 from smoothcert.models import build_model
+from smoothcert.perf import set_threads, tune_malloc
+tune_malloc(); set_threads()
 shape = {SHAPES[arch]!r}
 m = build_model({arch!r}, num_classes=10, in_channels=shape[0], mean=[0.5]*shape[0], std=[0.25]*shape[0]).to({device!r}).eval()
-s = SmoothedClassifier(m, 10, 0.25, device={device!r})
+m = m.to(memory_format=torch.channels_last)
+s = SmoothedClassifier(m, 10, 0.25, device={device!r}, channels_last=True, pass_size="auto")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s.certify(torch.rand(shape), n0=100, n={n}, alpha=0.001, batch_size={batch})
 gpu = torch.cuda.max_memory_allocated() / 2**20 if {device!r}.startswith('cuda') else None
@@ -239,11 +340,7 @@ def machine() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
             names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        cpu = (
-            f"{names[0]} ({len(names)} logical cores visible, torch threads {torch.get_num_threads()})"
-            if names
-            else cpu
-        )
+        cpu = f"{names[0]} ({len(names)} logical cores visible)" if names else cpu
     except OSError:
         pass
     if torch.cuda.is_available():
@@ -251,7 +348,41 @@ def machine() -> str:
     return f"{cpu}; torch {torch.__version__}"
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def annotate(row: dict[str, Any], flops: float, peaks: dict[str, float]) -> None:
+    """Add MFLOP/sample, achieved GFLOP/s and its share of each peak to a CERTIFY row."""
+    row["mflop_per_sample"] = flops / 1e6
+    row["gflop_per_s"] = row["smoothcert_samples_per_s"] * flops / 1e9
+    for kind, peak in peaks.items():
+        row[f"share_of_{kind}_peak"] = row["gflop_per_s"] / peak
+
+
+def print_certify_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| model | config | pass | n | MFLOP/sample | (a) raw forward /s | (b) CERTIFY /s | GFLOP/s | "
+        "% fp32 peak | % bf16 peak | b/a | (c) 2019 loop /s | b/c | s/example at N=100k |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        fp32, bf16 = r.get("share_of_fp32_peak"), r.get("share_of_bf16_peak")
+        print(
+            f"| {r['model']} | {r['config']} | {r['pass_size']} | {r['n']:,} | {r['mflop_per_sample']:.1f} | "
+            f"{_fmt(r['raw_forward_samples_per_s'], ',.0f')} | {r['smoothcert_samples_per_s']:,.0f} | "
+            f"{r['gflop_per_s']:.1f} | {_fmt(None if fp32 is None else 100 * fp32, '.0f')} | "
+            f"{_fmt(None if bf16 is None else 100 * bf16, '.0f')} | {_fmt(r['b_over_a'], '.3f')} | "
+            f"{_fmt(r['reference_samples_per_s'], ',.0f')} | {_fmt(r['b_over_c'], '.2f')} | "
+            f"{r['seconds_per_example_at_100k']:.1f} |",
+            flush=True,
+        )
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--models",
@@ -259,64 +390,138 @@ def main() -> None:
         help="comma list (default: small_cnn,cifar_resnet20,cifar_resnet110 and, on a GPU, resnet50)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument(
+        "--batch", type=int, default=1000, help="noise block and upper bound of the pass size (default 1000)"
+    )
     p.add_argument("--n0", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--predict-inputs", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds of the new-default rows (default 5)")
+    p.add_argument("--old-repeats", type=int, default=3, help="timed rounds of the old-default rows (default 3)")
+    p.add_argument("--peak-repeats", type=int, default=5, help="timings of the matmul peak, best kept (default 5)")
+    p.add_argument("--predict-inputs", type=int, default=None, help="inputs per PREDICT comparison (default per model)")
     p.add_argument("--predict-n", type=int, default=100)
     p.add_argument("--predict-repeats", type=int, default=3)
     p.add_argument(
-        "--predict-models", default="small_cnn", help="models for the PREDICT comparison (comma list; empty: none)"
+        "--predict-models",
+        default=None,
+        help="models for the PREDICT comparison (comma list; default: --models; '' none)",
     )
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--no-old", action="store_true", help="skip the old-default rows (and their child process)")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: small n, 2 rounds (1 for old defaults), few PREDICT inputs, no memory",
+    )
     p.add_argument("--json", help="also write the results here")
-    args = p.parse_args()
-    device = torch.device(args.device)
-    gpu = device.type == "cuda"
-    models = (
+    p.add_argument("--child-old", action="store_true", help=argparse.SUPPRESS)  # internal: old-default rows, JSON out
+    args = p.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    args.models = (
         args.models.split(",")
         if args.models
         else ["small_cnn", "cifar_resnet20", "cifar_resnet110"] + (["resnet50"] if gpu else [])
     )
-    # samples per CERTIFY: enough passes for a stable rate, small enough for a 2-core CPU
-    args.n = {"small_cnn": 10_000, "cifar_resnet20": 2_000, "cifar_resnet110": 500, "resnet50": 10_000}
-    if gpu:
-        args.n = {"small_cnn": 100_000, "cifar_resnet20": 100_000, "cifar_resnet110": 100_000, "resnet50": 100_000}
+    for m in args.models:
+        if m not in SHAPES:
+            p.error(f"unknown model {m!r}; choose from {', '.join(SHAPES)}")
+    args.predict_models = (
+        args.models if args.predict_models is None else [m for m in args.predict_models.split(",") if m]
+    )
+    args.n = dict.fromkeys(SHAPES, 100_000) if gpu else dict(QUICK_N if args.quick else CPU_N)
+    if args.quick:
+        args.repeats, args.old_repeats, args.peak_repeats, args.predict_repeats = 2, 1, 3, 1
+        args.no_memory = True
+    return args
+
+
+def run_old_in_child(argv: Sequence[str]) -> dict[str, Any]:
+    """The old-default rows, in a fresh process that never tunes malloc or sets threads."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--child-old"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"old-defaults child failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _without_json(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--json FILE`` / ``--json=FILE`` (the child reports on stdout only)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    device = torch.device(args.device)
+    if args.child_old:
+        rows = [bench_certify(m, "old", args, device) for m in args.models]
+        print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
+        return
+    # the untuned process first, while this one is idle
+    old = run_old_in_child(_without_json(argv)) if not args.no_old else None
+    tuned = tune_malloc()
+    threads = set_threads()
     result: dict[str, Any] = {
         "machine": machine(),
         "device": str(device),
-        "options": {"channels_last": args.channels_last, "compile": args.compile, "amp": args.amp},
+        "malloc_tuned": tuned,
+        "threads_new": threads,
+        "threads_old": old["threads"] if old else None,
     }
-    print(f"machine: {result['machine']}; options: {result['options']}\n")
+    peaks_start = measure_peaks(device, args.peak_repeats)
+    rows = list(old["rows"]) if old else []
+    use_bf16 = bf16_supported(device) and not args.no_bf16
+    flops: dict[str, float] = {}
+    for m in args.models:
+        model, _ = build(m, device)
+        flops[m] = flops_per_sample(model, SHAPES[m], device)
+        rows.append(bench_certify(m, "new", args, device))
+        if use_bf16:
+            rows.append(bench_certify(m, "bf16", args, device))
+    predict = [bench_predict(m, args, device) for m in args.predict_models]
+    peaks_end = measure_peaks(device, args.peak_repeats)
+    peaks = {kind: max(peaks_start[kind], peaks_end[kind]) for kind in peaks_start}
+    result["peak_gflop_per_s"] = peaks
+    result["peak_gflop_per_s_start_end"] = {"start": peaks_start, "end": peaks_end}
+    order = {"old": 0, "new": 1, "bf16": 2}
+    rows.sort(key=lambda r: (args.models.index(r["model"]), order[r["config"]]))
+    for r in rows:
+        # the share of the bf16 peak is meaningful only for the bf16 row, of fp32 for the others
+        annotate(r, flops[r["model"]], {k: v for k, v in peaks.items() if (k == "bf16") == (r["config"] == "bf16")})
+        base = next((o for o in rows if o["model"] == r["model"] and o["config"] == "old"), None)
+        r["speedup_over_old"] = r["smoothcert_samples_per_s"] / base["smoothcert_samples_per_s"] if base else None
+    result["certify"] = rows
+    result["predict"] = predict
+
+    peak_txt = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items())
     print(
-        "| model | batch | n | (a) raw forward /s | (b) smoothcert /s | (c) 2019 loop /s | b/a | b/c | s/example at N=100k |"
+        f"machine: {result['machine']}; threads: old {result['threads_old']}, new {threads}; "
+        f"malloc tuned: {tuned}\nmatmul peak (best of start and end of run): {peak_txt}\n"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    result["certify"] = []
-    for m in models:
-        r = bench_model(m, args, device)
-        result["certify"].append(r)
+    print_certify_table(rows)
+    print()
+    for r in rows:
+        if r["speedup_over_old"] is not None and r["config"] != "old":
+            print(f"{r['model']}: {r['config']} CERTIFY {r['speedup_over_old']:.2f}x the old defaults")
+    for r in predict:
         print(
-            f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['raw_forward_samples_per_s']:,.0f} | {r['smoothcert_samples_per_s']:,.0f} | "
-            f"{r['reference_samples_per_s']:,.0f} | {r['b_over_a']:.3f} | {r['b_over_c']:.2f} | {r['seconds_per_example_at_100k']:.1f} |",
-            flush=True,
+            f"\nPREDICT, {r['inputs']} inputs at n = {r['n']}, {r['model']} (pass {r['pass_size']}): smoothcert "
+            f"{r['smoothcert_s']:.2f} s, 2019 loop {r['reference_s']:.2f} s, speed-up {r['speedup']:.2f}x"
         )
-    result["predict"] = [bench_predict(m, args, device) for m in args.predict_models.split(",") if m]
     if not args.no_memory:
-        result["memory"] = {str(n): peak_memory("small_cnn", n, args.batch, args.device) for n in (10_000, 100_000)}
-    for r in result["predict"]:
+        mem = {str(n): peak_memory("small_cnn", n, args.batch, args.device) for n in (10_000, 100_000)}
+        result["memory"] = mem
         print(
-            f"\nPREDICT, {r['inputs']} inputs at n = {r['n']}, {r['model']}: smoothcert {r['smoothcert_s']:.2f} s, "
-            f"2019 loop {r['reference_s']:.2f} s, speed-up {r['speedup']:.2f}x"
-        )
-    if "memory" in result:
-        mem = result["memory"]
-        print(
-            f"\npeak RSS certifying one input (small_cnn, batch {args.batch}): n = 10,000: {mem['10000']['rss_mib']:.0f} MiB; "
-            f"n = 100,000: {mem['100000']['rss_mib']:.0f} MiB"
+            f"\npeak RSS certifying one input (small_cnn, batch {args.batch}, new defaults): "
+            f"n = 10,000: {mem['10000']['rss_mib']:.0f} MiB; n = 100,000: {mem['100000']['rss_mib']:.0f} MiB"
         )
     if args.json:
         with open(args.json, "w") as fh:
