@@ -104,12 +104,14 @@ def choose_pass_size(
     key: Any = None,
     candidates: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
     budget_s: float = 3.0,
+    min_samples: int = 2048,
 ) -> int:
     """The fastest forward-pass size up to ``max_size``, by a short measured probe (cached).
 
-    Times one warm-up and two passes of random inputs at each candidate size in increasing
-    order, stops growing once throughput falls 15% below the best so far or the probe has
-    used ``budget_s`` seconds, and returns the size with the highest samples per second.
+    Times one warm-up pass, then at least two passes and ``min_samples`` samples of random
+    inputs at each candidate size in increasing order; stops growing once throughput falls 15%
+    below the best so far or the probe has used ``budget_s`` seconds; returns the size with the
+    highest samples per second.
     Cached in this process per ``(key, input_shape, device, channels_last, autocast_dtype,
     max_size)``; ``key`` identifies the model (default: its object id). The pass size never
     changes results (see :mod:`smoothcert.sampling`), only speed.
@@ -134,11 +136,14 @@ def choose_pass_size(
             x = torch.rand((size, *input_shape), device=device).contiguous(memory_format=fmt)
             model(x)
             _sync(device)
+            reps = max(
+                2, -(-min_samples // size)
+            )  # at least min_samples samples per size, so tiny passes are not timed
             t0 = time.perf_counter()
-            for _ in range(2):
+            for _ in range(reps):
                 model(x)
             _sync(device)
-            rate = 2 * size / (time.perf_counter() - t0)
+            rate = reps * size / (time.perf_counter() - t0)
             if rate > best_rate:
                 best, best_rate = size, rate
             elif rate < 0.85 * best_rate:
