@@ -34,13 +34,11 @@ class SmoothingWarning(UserWarning):
     """A setting with which the smoothed classifier can never answer."""
 
 
-_warned: set[tuple[str, int, float]] = set()
-
-
-def _warn_once(kind: str, n: int, alpha: float, message: str) -> None:
+def _warn_once(warned: set[tuple[str, int, float]], kind: str, n: int, alpha: float, message: str) -> None:
+    """Warn once per ``(kind, n, alpha)`` and per ``warned`` registry (one per SmoothedClassifier)."""
     key = (kind, n, alpha)
-    if key not in _warned:
-        _warned.add(key)
+    if key not in warned:
+        warned.add(key)
         warnings.warn(message, SmoothingWarning, stacklevel=3)
 
 
@@ -156,6 +154,7 @@ class SmoothedClassifier:
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
+        self._warned: set[tuple[str, int, float]] = set()  # SmoothingWarnings already given by this instance
 
     def __repr__(self) -> str:
         return f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, device={self.device})"
@@ -233,6 +232,7 @@ class SmoothedClassifier:
         least = stats.min_predict_n(alpha)
         if n < least:
             _warn_once(
+                self._warned,
                 "predict",
                 n,
                 alpha,
@@ -305,6 +305,7 @@ class SmoothedClassifier:
         least = stats.min_certify_n(alpha)
         if n < least:
             _warn_once(
+                self._warned,
                 "certify",
                 n,
                 alpha,

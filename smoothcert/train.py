@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._checks import check_int, check_sigma
 from .data import get_spec, load_dataset
+from .devices import resolve_device
 from .distributed import DistContext
 from .models import build_model, save_model, versions
 
-__all__ = ["TrainConfig", "evaluate", "resolve_device", "train"]
+__all__ = ["TrainConfig", "evaluate", "train"]
 
 # fields of TrainConfig that change the trained weights; a run can only resume if they agree
 _IDENTITY = (
@@ -79,19 +80,6 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         get_spec(self.dataset)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def evaluate(

@@ -11,7 +11,8 @@ import torch
 from oracles import LinearBinary
 from synthdata import write_idx_dataset
 
-from smoothcert.attacks import deepfool, empirical_robust_accuracy, smoothed_pgd
+from smoothcert.analysis import empirical_robust_accuracy
+from smoothcert.attacks import deepfool, smoothed_pgd
 from smoothcert.cli import main
 
 X = torch.tensor([[1.0, 0.0], [0.2, 0.1], [-0.5, 0.5], [0.6, 0.3]])
