@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import stats
+from .results import DEEPFOOL_COLUMNS, read_rows, read_sidecar, read_table
 
 __all__ = [
     "CertifyLog",
@@ -74,22 +75,10 @@ def parse_radii(spec: str) -> NDArray[np.float64]:
 
 
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    if not path.exists():
-        raise FileNotFoundError(f"log {str(path)!r} does not exist")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines:
+    header, rows = read_table(path)  # read-only: a torn last line is ignored, never cut
+    if not header:
         raise ValueError(f"log {str(path)!r} is empty")
-    header = lines[0].split("\t")
-    rows = [ln.split("\t") for ln in lines[1:]]
-    rows = [r for r in rows if len(r) == len(header)]  # a torn last line from a crash is ignored
     return header, rows
-
-
-def _sidecar(path: Path) -> dict[str, Any] | None:
-    side = path.with_name(path.name + ".json")
-    if side.exists():
-        return dict(json.loads(side.read_text()))
-    return None
 
 
 def _column(header: list[str], rows: list[list[str]], name: str, kind: Any) -> NDArray[Any] | None:
@@ -158,7 +147,7 @@ def read_certify_log(path: str | Path, *, name: str | None = None) -> CertifyLog
         raise ValueError(
             f"{p} is not a certify log: columns {' '.join(header)!r}, expected to start with {' '.join(needed)!r}"
         )
-    side = _sidecar(p)
+    side = read_sidecar(p)
     col = lambda n, k: _column(header, rows, n, k)  # noqa: E731
     req = lambda n, k: _required(header, rows, n, k)  # noqa: E731
     return CertifyLog(
@@ -395,8 +384,6 @@ def format_json(summaries: Sequence[Summary]) -> str:
 
 # ----------------------------------------------------------------------------- empirical (attack) curves
 
-DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
-
 
 def empirical_robust_accuracy(norms: NDArray[np.float64], radii: Any) -> NDArray[np.float64]:
     """Fraction of examples whose minimal adversarial norm exceeds ``r`` (0 for misclassified ones).
@@ -412,12 +399,10 @@ def empirical_curve(
     path: str | Path, radii: NDArray[np.float64] | None = None
 ) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
     """``(label, radii, robust accuracy)`` from a DeepFool log, for a dashed line beside certified curves."""
-    from .results import read_rows
-
     rows = read_rows(path, DEEPFOOL_COLUMNS)
     norms = np.array([float(r[4]) for r in rows])
     grid = np.linspace(0.0, 2.5, 501) if radii is None else radii
-    side = _sidecar(Path(path))
+    side = read_sidecar(path)
     label = "DeepFool (empirical)"
     if side:
         meta = side.get("model", {})

@@ -23,18 +23,15 @@ import torch
 
 from . import analysis
 from ._checks import check_alpha, check_int
-from .analysis import DEEPFOOL_COLUMNS
 from .attacks import deepfool, smoothed_pgd
 from .classifier import SmoothedClassifier
 from .data import load_dataset
-from .models import load_model, versions
-from .results import ResultWriter, read_rows
+from .devices import resolve_device
+from .models import checkpoint_sha256, load_model, versions
+from .results import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, read_rows
 from .runs import example_generator, select_indices
-from .train import resolve_device
 
-__all__ = ["ATTACK_COLUMNS", "DEEPFOOL_COLUMNS", "AttackConfig", "run_deepfool", "run_tightness"]
-
-ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
+__all__ = ["AttackConfig", "run_deepfool", "run_tightness", "summarize_attack"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,7 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
     sidecar = {
         "identity": {
             "command": "attack",
+            "model_sha256": checkpoint_sha256(config.model),
             "certify_log": str(Path(config.certify_log).resolve()),
             "sigma": float(sigma),
             "multiples": config.multiples,
@@ -157,21 +155,28 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
                     ]
                 )
             writer.write(rows)
-    summary = _summarize_attack(Path(config.out))
+    summary = summarize_attack(Path(config.out), by="multiple" if config.multiples else "attack_radius")
     Path(str(config.out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _summarize_attack(path: Path) -> dict[str, Any]:
+def summarize_attack(path: str | Path, *, by: str) -> dict[str, Any]:
+    """Success rate of an attack log per attack setting: ``by="multiple"`` groups rows by the
+    multiple of the certified radius asked for (``--multiples``), ``by="attack_radius"`` by the
+    absolute radius asked for (``--radii``)."""
+    if by not in ("multiple", "attack_radius"):
+        raise ValueError(f"by must be 'multiple' or 'attack_radius', got {by!r}")
     rows = read_rows(path, ATTACK_COLUMNS)
-    groups: dict[str, list[int]] = {}
+    j = ATTACK_COLUMNS.index(by)
+    groups: dict[float, list[int]] = {}
     for r in rows:
-        key = r[7] if r[7] else r[3]
-        groups.setdefault(key, []).append(int(r[6]))
+        groups.setdefault(float(r[j]), []).append(int(r[ATTACK_COLUMNS.index("success")]))
+    keys = sorted(groups)
     return {
         "examples": len({r[0] for r in rows}),
-        "success_rate": {k: float(np.mean(v)) for k, v in sorted(groups.items(), key=lambda kv: float(kv[0]))},
-        "attacks": {k: len(v) for k, v in groups.items()},
+        "grouped_by": by,
+        "success_rate": {f"{k:.6g}": float(np.mean(groups[k])) for k in keys},
+        "attacks": {f"{k:.6g}": len(groups[k]) for k in keys},
     }
 
 
@@ -184,6 +189,7 @@ def run_deepfool(config: AttackConfig) -> dict[str, Any]:
     sidecar = {
         "identity": {
             "command": "deepfool",
+            "model_sha256": checkpoint_sha256(config.model),
             "dataset": config.dataset or meta["dataset"],
             "split": config.split,
             "steps": config.deepfool_steps,

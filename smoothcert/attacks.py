@@ -14,10 +14,9 @@ import torch
 from numpy.typing import NDArray
 
 from ._checks import check_int, check_sigma
-from .analysis import empirical_robust_accuracy
-from .sampling import _eval_mode
+from .devices import eval_mode
 
-__all__ = ["deepfool", "empirical_robust_accuracy", "smoothed_pgd"]
+__all__ = ["deepfool", "smoothed_pgd"]
 
 _SHRINK = 1.0 - 1e-6  # project onto a ball a hair smaller than epsilon, so rounding never leaves it
 
@@ -83,7 +82,7 @@ def smoothed_pgd(
         u = torch.rand(b, generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
         delta = _project(direction * (eps * u).view(view), eps)
     labels = y.repeat_interleave(num_noise)
-    with _eval_mode(base_classifier), torch.enable_grad():
+    with eval_mode(base_classifier), torch.enable_grad():
         for _ in range(steps):
             delta = delta.detach().requires_grad_(True)
             noise = torch.randn((b, num_noise, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
@@ -109,13 +108,15 @@ def deepfool(
 
     Returns ``(adversarial inputs, ||x_adv - x||_2, success)``: the norm is each example's
     minimal adversarial perturbation found (``inf`` where the attack failed); inputs the model
-    already misclassifies get norm 0.
+    already misclassifies get norm 0. Every forward pass runs in eval mode (batch-norm
+    statistics are left alone) and the model's train/eval mode is restored afterwards.
     """
     import foolbox as fb
 
     check_int("steps", steps)
-    classes = int(model(x[:1]).shape[1])
-    with _eval_mode(model):
+    with eval_mode(model):
+        with torch.no_grad():
+            classes = int(model(x[:1]).shape[1])
         fmodel = fb.PyTorchModel(model, bounds=bounds, device=x.device)
         attack = fb.attacks.L2DeepFoolAttack(steps=steps, candidates=min(candidates, classes), overshoot=overshoot)
         _, adv, success = attack(fmodel, x, y.to(x.device), epsilons=None)

@@ -40,13 +40,11 @@ class SmoothingWarning(UserWarning):
     """A setting with which the smoothed classifier can never answer."""
 
 
-_warned: set[tuple[str, int, float]] = set()
-
-
-def _warn_once(kind: str, n: int, alpha: float, message: str) -> None:
+def _warn_once(warned: set[tuple[str, int, float]], kind: str, n: int, alpha: float, message: str) -> None:
+    """Warn once per ``(kind, n, alpha)`` and per ``warned`` registry (one per SmoothedClassifier)."""
     key = (kind, n, alpha)
-    if key not in _warned:
-        _warned.add(key)
+    if key not in warned:
+        warned.add(key)
         warnings.warn(message, SmoothingWarning, stacklevel=3)
 
 
@@ -245,6 +243,7 @@ class SmoothedClassifier:
         if pass_size is not None and pass_size != "auto":
             check_int("pass_size", pass_size)
         self.pass_size = pass_size
+        self._warned: set[tuple[str, int, float]] = set()  # SmoothingWarnings already given by this instance
 
     def __repr__(self) -> str:
         return (
@@ -340,6 +339,7 @@ class SmoothedClassifier:
         least = stats.min_predict_n(alpha)
         if n < least:
             _warn_once(
+                self._warned,
                 "predict",
                 n,
                 alpha,
@@ -412,6 +412,7 @@ class SmoothedClassifier:
         least = stats.min_certify_n(alpha)
         if n < least:
             _warn_once(
+                self._warned,
                 "certify",
                 n,
                 alpha,

@@ -236,10 +236,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
+    """``analyze`` only reads its logs: refuse any output path that is one of them (or its sidecar)."""
+    from .results import sidecar_path
+
+    inputs = [*args.logs, *(args.predict_logs or []), *args.empirical]
+    if args.predict_reference:
+        inputs.append(args.predict_reference)
+    protected = {Path(p).resolve() for p in inputs} | {sidecar_path(p).resolve() for p in inputs}
+    for option in ("out", "plot", "bounds_plot", "max_radius_plot"):
+        target = getattr(args, option)
+        if target and Path(target).resolve() in protected:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} {target!r} is one of the input logs; analyze never writes to them")
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from . import analysis
 
+    _check_outputs_are_not_inputs(args)
     outputs: list[str] = []
+    documents: dict[str, Any] = {}  # --format json: everything goes into one JSON document
     if args.logs:
         labels = args.label or []
         if labels and len(labels) != len(args.logs):
@@ -256,13 +273,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 )
                 s.extra["projected_certified_accuracy"] = [float(v) for v in proj]
                 s.extra["projection"] = {"n": args.project_n, "alpha": args.project_alpha}
-        formatter = {
-            "markdown": analysis.format_markdown,
-            "latex": analysis.format_latex,
-            "csv": analysis.format_csv,
-            "json": analysis.format_json,
-        }[args.format]
-        outputs.append(formatter(summaries))
+        if args.format == "json":
+            documents["certify"] = [s.to_json() for s in summaries]
+        else:
+            formatter = {
+                "markdown": analysis.format_markdown,
+                "latex": analysis.format_latex,
+                "csv": analysis.format_csv,
+            }[args.format]
+            outputs.append(formatter(summaries))
         if args.format == "markdown" and (args.project_n or args.project_alpha):
             for s in summaries:
                 values = ", ".join(f"{v:.2f}" for v in s.extra["projected_certified_accuracy"])
@@ -277,7 +296,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             raise ValueError("--predict-logs needs --predict-reference (a large-n predict log)")
         ref = analysis.read_predict_log(args.predict_reference)
         rows = analysis.predict_quality([analysis.read_predict_log(p) for p in args.predict_logs], ref)
-        outputs.append(_predict_table(rows, args.format))
+        if args.format == "json":
+            documents["predict"] = rows
+        else:
+            outputs.append(_predict_table(rows, args.format))
     if args.bounds_plot:
         from .plotting import plot_bounds
 
@@ -288,6 +310,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         plot_max_radius(args.max_radius_plot, sigma=args.sigma or 1.0)
     if not (args.logs or args.predict_logs or args.bounds_plot or args.max_radius_plot):
         raise ValueError("nothing to analyze: give certify logs, --predict-logs, --bounds-plot or --max-radius-plot")
+    if documents:
+        import json
+
+        # one table alone keeps its bare list; certify and predict tables together make one object
+        doc = next(iter(documents.values())) if len(documents) == 1 else documents
+        outputs.append(json.dumps(doc, indent=2) + "\n")
     text = "".join(outputs)
     if args.out:
         Path(args.out).write_text(text)
@@ -296,21 +324,33 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
-    import json
+_PREDICT_KEYS = ("correct_accurate", "correct_inaccurate", "incorrect_accurate", "incorrect_inaccurate", "abstain")
 
-    if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
-    keys = ["correct_accurate", "correct_inaccurate", "incorrect_accurate", "incorrect_inaccurate", "abstain"]
+
+def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The PREDICT quality table (paper Table 4) as CSV (quoted by the csv module), LaTeX or Markdown."""
+    keys = _PREDICT_KEYS
     if fmt == "csv":
-        return (
-            "name,n,examples,"
-            + ",".join(keys)
-            + "\n"
-            + "".join(
-                f"{r['name']},{r['n']},{r['examples']}," + ",".join(f"{r[k]:.4f}" for k in keys) + "\n" for r in rows
-            )
-        )
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["name", "n", "examples", *keys])
+        for r in rows:
+            w.writerow([r["name"], r["n"], r["examples"], *(f"{r[k]:.4f}" for k in keys)])
+        return buf.getvalue()
+    if fmt == "latex":
+        lines = [
+            "\\begin{tabular}{l" + "r" * len(keys) + "}",
+            "\\toprule",
+            "PREDICT & " + " & ".join(k.replace("_", ", ") for k in keys) + " \\\\",
+            "\\midrule",
+            *(r["name"].replace("_", "\\_") + " & " + " & ".join(f"{r[k]:.2f}" for k in keys) + " \\\\" for r in rows),
+            "\\bottomrule",
+            "\\end{tabular}",
+        ]
+        return "\n".join(lines) + "\n"
     head = "| PREDICT | " + " | ".join(k.replace("_", ", ") for k in keys) + " |\n"
     head += "|---|---:|---:|---:|---:|---:|\n"
     return head + "".join(f"| {r['name']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |\n" for r in rows)

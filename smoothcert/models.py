@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "Normalize",
     "build_model",
+    "checkpoint_sha256",
     "cifar_resnet",
     "import_checkpoint",
     "load_model",
@@ -280,6 +281,18 @@ def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if not meta.exists():
         raise CheckpointError(f"no model.json beside {str(weights)!r}")
     return weights, meta
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of the weights file that :func:`load_model` reads for ``path`` (a directory or a file)."""
+    import hashlib
+
+    weights, _ = _checkpoint_paths(path)
+    h = hashlib.sha256()
+    with weights.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

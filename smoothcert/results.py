@@ -16,18 +16,25 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ATTACK_COLUMNS",
     "CERTIFY_COLUMNS",
+    "DEEPFOOL_COLUMNS",
     "PREDICT_COLUMNS",
     "ResultFileError",
     "ResultWriter",
     "merge_parts",
     "read_resumable",
     "read_rows",
+    "read_sidecar",
+    "read_table",
     "sidecar_path",
 ]
 
+# The column schemas of every log smoothcert writes (their one home).
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "count", "n", "n0", "p_lower", "selected")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
+ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
+DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
 
 
 class ResultFileError(ValueError):
@@ -35,12 +42,19 @@ class ResultFileError(ValueError):
 
 
 def sidecar_path(path: str | Path) -> Path:
+    """``FILE.json`` beside ``FILE``: the configuration a log was written with."""
     p = Path(path)
     return p.with_name(p.name + ".json")
 
 
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The sidecar of the log at ``path`` as a dict, or None when there is none."""
+    side = sidecar_path(path)
+    return dict(json.loads(side.read_text())) if side.exists() else None
+
+
 def _repair(path: Path) -> None:
-    """Cut a half-written last line (no trailing newline) left by a crash."""
+    """Cut a half-written last line (no trailing newline) left by a crash. Only before appending."""
     size = path.stat().st_size
     if size == 0:
         return
@@ -52,17 +66,37 @@ def _repair(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def read_rows(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
-    """Rows of a result file (repairing a torn last line), after checking its header."""
+def read_table(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Header and complete rows of a TSV log; never writes to the file.
+
+    Every row is newline-terminated when written, so a last line without a newline is a row
+    torn by a crash (or still being written) and is ignored. Blank lines are skipped.
+    """
     p = Path(path)
-    _repair(p)
-    lines = p.read_text().splitlines()
+    if not p.exists():
+        raise FileNotFoundError(f"log {str(p)!r} does not exist")
+    text = p.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    lines = [ln for ln in text.split("\n") if ln.strip()]
     if not lines:
-        return []
+        return [], []
     header = lines[0].split("\t")
+    rows = [ln.split("\t") for ln in lines[1:]]
+    for k, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ResultFileError(f"{p} line {k} has {len(row)} fields, the header has {len(header)}")
+    return header, rows
+
+
+def read_rows(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
+    """Rows of a result file after checking its header is ``columns``; read-only (see :func:`read_table`)."""
+    header, rows = read_table(path)
+    if not header:
+        return []
     if tuple(header) != tuple(columns):
-        raise ResultFileError(f"{p} has columns {' '.join(header)!r}, expected {' '.join(columns)!r}")
-    return [line.split("\t") for line in lines[1:] if line]
+        raise ResultFileError(f"{path} has columns {' '.join(header)!r}, expected {' '.join(columns)!r}")
+    return rows
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -82,13 +116,21 @@ def read_resumable(path: str | Path, columns: Sequence[str], identity: dict[str,
             f"{p} exists without its {meta.name} sidecar; refusing to append to it "
             "(pass --overwrite to replace it, or choose another --out)"
         )
-    old = json.loads(meta.read_text()).get("identity", {})
+    old = (read_sidecar(p) or {}).get("identity", {})
     if old != identity:
         raise ResultFileError(
             f"{p} was written with a different configuration ({_diff(old, identity)}); "
             "pass --overwrite to replace it, or choose another --out"
         )
     return read_rows(p, columns)
+
+
+def _write_sidecar(path: Path, sidecar: dict[str, Any]) -> None:
+    """Write ``path``'s sidecar atomically (temporary file, then rename)."""
+    meta = sidecar_path(path)
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(meta)
 
 
 class ResultWriter:
@@ -104,21 +146,21 @@ class ResultWriter:
         self.path = Path(path)
         self.columns = tuple(columns)
         identity = sidecar["identity"]
-        meta = sidecar_path(self.path)
         self.rows: list[list[str]] = []
         if self.path.exists() and not overwrite:
             self.rows = read_resumable(self.path, self.columns, identity)
+            _repair(self.path)  # only now, appending to a file known to be ours and compatible
             self._fh = self.path.open("a")
             if self.path.stat().st_size == 0:
                 self._fh.write("\t".join(self.columns) + "\n")
         else:
+            # the old rows go first, then the old sidecar: a crash in between leaves an empty log
+            # under the old identity (refused on resume), never old rows under the new identity
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = meta.with_name(meta.name + ".tmp")
-            tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
-            tmp.replace(meta)
             self._fh = self.path.open("w")
             self._fh.write("\t".join(self.columns) + "\n")
             self._fh.flush()
+            _write_sidecar(self.path, sidecar)
         self.done = {int(r[0]) for r in self.rows}
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
@@ -156,9 +198,7 @@ def merge_parts(
     tmp = final.with_name(final.name + ".tmp")
     tmp.write_text("\t".join(columns) + "\n" + "".join("\t".join(r) + "\n" for r in ordered))
     tmp.replace(final)
-    meta = sidecar_path(final)
-    if not meta.exists():
-        meta.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
+    _write_sidecar(final, sidecar)
     for p in parts:
         if p.exists():
             p.unlink()

@@ -7,7 +7,6 @@ resumed, or sharded over processes, without changing any row.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,16 +18,17 @@ import torch
 from ._checks import check_alpha, check_int, check_sigma
 from .classifier import SmoothedClassifier
 from .data import load_dataset
+from .devices import resolve_device
 from .distributed import DistContext
-from .models import load_model, versions
+from .models import checkpoint_sha256, load_model, versions
 from .results import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     ResultWriter,
     merge_parts,
     read_resumable,
+    sidecar_path,
 )
-from .train import resolve_device
 
 __all__ = ["RunConfig", "example_generator", "run", "select_indices"]
 
@@ -86,14 +86,6 @@ class RunConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -107,7 +99,6 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     if config.amp is not None and device.type != "cuda":
         raise ValueError(f"amp {config.amp!r} needs a CUDA device, got {device.type!r}")
     model, meta = load_model(config.model, device=device)
-    model_dir = Path(config.model) if Path(config.model).is_dir() else Path(config.model).parent
     dataset_name = config.dataset or meta["dataset"]
     sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
     dataset = load_dataset(dataset_name, config.split, config.data_dir)
@@ -118,7 +109,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)  # type: ignore[arg-type]
     identity = {
         "command": config.command,
-        "model_sha256": _file_digest(model_dir / "model.safetensors"),
+        "model_sha256": checkpoint_sha256(config.model),
         "dataset": dataset_name,
         "split": config.split,
         "sigma": sigma,
@@ -147,8 +138,9 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     out = Path(config.out)
     if dist.world_size > 1:
         part = out.with_name(f"{out.name}.part{dist.rank}-of-{dist.world_size}")
-        if config.overwrite and dist.is_main and out.exists():
-            out.unlink()
+        if config.overwrite and dist.is_main:  # the old log and its sidecar (old identity) both go
+            for stale in (out, sidecar_path(out)):
+                stale.unlink(missing_ok=True)
         dist.barrier()
         done_before = {int(r[0]) for r in read_resumable(out, columns, identity)} if out.exists() else set()
         mine = [i for pos, i in enumerate(indices) if pos % dist.world_size == dist.rank and i not in done_before]
@@ -167,8 +159,11 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     )
     with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
         todo = [i for i in mine if i not in writer.done]
+        # Several examples share a forward pass only when each one's draws fit in a batch; otherwise
+        # each example is written as soon as it is done, with its own time, so a crash loses at
+        # most one example and the progress bar moves with every example.
         smallest_draw = min(config.n0, config.n) if config.command == "certify" else config.n
-        per_pass = max(1, min(256, config.batch // smallest_draw))  # examples whose draws share a pass
+        per_pass = 1 if largest > config.batch else max(1, min(256, config.batch // smallest_draw))
         bar = _progress(len(todo), config.progress and dist.is_main)
         # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
         position = {idx: p for p, idx in enumerate(mine)}

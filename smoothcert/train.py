@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._checks import check_int, check_sigma
 from .data import get_spec, load_dataset
+from .devices import resolve_device
 from .distributed import DistContext
 from .models import build_model, save_model, upgrade_legacy_keys, versions
 from .noises import NOISES, make_noise
 
-__all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "resolve_device", "train"]
+__all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "train"]
 
 # fields of TrainConfig that change the trained weights; a run can only resume if they agree
 _IDENTITY = (
@@ -93,19 +94,6 @@ class TrainConfig:
             raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be 'bf16' or None, got {self.amp!r}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def evaluate(

@@ -142,7 +142,8 @@ def _synthetic_log(path: Path, sigma: float, alpha: float, n: int, seed: int = 0
     for i in range(60):
         label = int(rng.integers(0, 10))
         selected = label if rng.random() < 0.8 else (label + 1) % 10
-        count = int(rng.binomial(n, rng.uniform(0.3, 1.0)))
+        p_true = rng.uniform(0.998, 1.0) if rng.random() < 0.4 else rng.uniform(0.3, 1.0)  # some near-certain
+        count = int(rng.binomial(n, p_true))
         p = S.clopper_pearson_lower(count, n, alpha)
         pred = selected if p > 0.5 else -1
         radius = S.cohen_radius(p, sigma=sigma) if pred >= 0 else 0.0
@@ -159,14 +160,26 @@ def _synthetic_log(path: Path, sigma: float, alpha: float, n: int, seed: int = 0
 
 
 def test_projection_at_the_logged_settings_reproduces_the_log(tmp_path):
-    log = A.read_certify_log(_synthetic_log(tmp_path / "c.tsv", 0.5, 0.001, 1000))
+    sigma, alpha = 0.5, 0.001
+    log = A.read_certify_log(_synthetic_log(tmp_path / "c.tsv", sigma, alpha, 1000))
     radii = np.linspace(0, 1.5, 13)
-    assert A.project_certified_accuracy(log, radii).tolist() == A.certified_accuracy(log, radii).tolist()
-    more = A.project_certified_accuracy(log, radii, n=100_000)
-    fewer = A.project_certified_accuracy(log, radii, n=100)
-    assert more[-1] >= A.certified_accuracy(log, radii)[-1] and fewer[-1] == 0.0  # R_max(100) = 0.75 < 1.5
+    logged = A.certified_accuracy(log, radii)
+    assert A.project_certified_accuracy(log, radii).tolist() == logged.tolist()
+    # the largest radius n samples can certify, sigma * Phi^-1(alpha^(1/n)): 0.75 at n = 100,
+    # 1.23 at the logged n = 1000, 1.91 at n = 100,000
+    r_100, r_1000 = S.max_radius(100, alpha, sigma=sigma), S.max_radius(1000, alpha, sigma=sigma)
+    assert 0.74 < r_100 < 0.76 and 1.22 < r_1000 < 1.24
+    between = np.array([0.8, 0.9, 1.0])  # radii this log reaches but n = 100 cannot
+    assert np.all(A.certified_accuracy(log, between) > 0), "the comparison needs radii the log reaches"
+    assert np.all(A.project_certified_accuracy(log, between, n=100) == 0.0)
+    beyond = np.array([1.3, 1.5])  # radii only a larger n reaches
+    assert np.all(A.certified_accuracy(log, beyond) == 0.0)
+    more = A.project_certified_accuracy(log, beyond, n=100_000)
+    assert np.all(more > 0)
+    # with more samples (or a looser alpha) each example's bound only rises: never fewer certified
+    assert np.all(A.project_certified_accuracy(log, radii, n=100_000) >= logged)
     looser = A.project_certified_accuracy(log, radii, alpha=0.1)
-    assert np.all(looser >= A.certified_accuracy(log, radii))
+    assert np.all(looser >= logged) and np.any(looser > logged)
 
 
 def test_projection_needs_counts(capsys):
@@ -218,3 +231,59 @@ def test_analysis_functions_are_usable_from_python():
     assert [s.name for s in summaries] == ["log0", "log1", "log2"]
     assert summaries[2].certified_accuracy[1] == pytest.approx(0.33, abs=0.005)
     assert math.isclose(summaries[0].to_json()["acr"], summaries[0].acr)
+
+
+def _torn(path: Path, text: str) -> bytes:
+    path.write_text(text)
+    with path.open("a") as fh:
+        fh.write("99\t3\t")  # a row a running attack has only half written
+    return path.read_bytes()
+
+
+def test_analyze_never_writes_to_its_input_logs(tmp_path, capsys):
+    log = tmp_path / "c.tsv"
+    ref = (CERT / "imagenet_resnet50_noise_0.50_test_sigma_0.50.tsv").read_text()
+    log_bytes = _torn(log, ref)
+    df = tmp_path / "df.tsv"
+    header = "idx\tlabel\tpredict\tcorrect\tdeepfool_norm\tsuccess\n"
+    df_bytes = _torn(df, header + "".join(f"{i}\t1\t1\t1\t{0.1 * i}\t1\n" for i in range(1, 6)))
+    plot = tmp_path / "p.png"
+    assert (
+        main(["analyze", str(log), "--radii", "0,1", "--format", "json", "--empirical", str(df), "--plot", str(plot)])
+        == 0
+    )
+    assert main(["analyze", str(log), "--radii", "0,1", "--empirical", str(df), "--plot", str(plot)]) == 0
+    assert log.read_bytes() == log_bytes and df.read_bytes() == df_bytes, "an input log was modified"
+    _, _, acc = A.empirical_curve(df, np.array([0.0, 0.25]))
+    assert acc.tolist() == [1.0, 0.6]  # the torn row is ignored, the five complete ones are read
+    assert A.read_certify_log(log).examples == 500
+    capsys.readouterr()
+    assert main(["analyze", str(log), "--out", str(log)]) == 2  # nor is an input a valid --out
+    assert "one of the input logs" in capsys.readouterr().err
+    assert log.read_bytes() == log_bytes
+
+
+def _predict_args() -> list[str]:
+    ref = PRED / "imagenet_resnet50_noise_0.25_test_N_100000.tsv"
+    logs = [PRED / f"imagenet_resnet50_noise_0.25_test_N_{n}.tsv" for n in (100, 10000)]
+    return ["--predict-logs", *map(str, logs), "--predict-reference", str(ref)]
+
+
+def test_predict_table_csv_is_quoted(capsys):
+    import csv
+
+    assert main(["analyze", *_predict_args(), "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0][:3] == ["name", "n", "examples"] and all(len(r) == len(rows[0]) for r in rows)
+    assert [r[0] for r in rows[1:]] == ["N = 100", "N = 10,000"]  # the comma stays inside its field
+
+
+def test_json_with_certify_and_predict_logs_is_one_document(capsys):
+    log = str(CERT / "imagenet_resnet50_noise_0.50_test_sigma_0.50.tsv")
+    assert main(["analyze", log, "--radii", "0,1", *_predict_args(), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # fails on two concatenated documents
+    assert set(doc) == {"certify", "predict"}
+    assert doc["certify"][0]["certified_accuracy"][0] == pytest.approx(0.57, abs=0.005)
+    assert [r["name"] for r in doc["predict"]] == ["N = 100", "N = 10,000"]
+    assert main(["analyze", log, "--radii", "0,1", "--format", "json"]) == 0  # alone: the list of summaries
+    assert isinstance(json.loads(capsys.readouterr().out), list)

@@ -11,7 +11,8 @@ import torch
 from oracles import LinearBinary
 from synthdata import write_idx_dataset
 
-from smoothcert.attacks import deepfool, empirical_robust_accuracy, smoothed_pgd
+from smoothcert.analysis import empirical_robust_accuracy
+from smoothcert.attacks import deepfool, smoothed_pgd
 from smoothcert.cli import main
 
 X = torch.tensor([[1.0, 0.0], [0.2, 0.1], [-0.5, 0.5], [0.6, 0.3]])
@@ -80,6 +81,42 @@ def test_deepfool_minimal_norm_equals_true_distance():
     np.testing.assert_allclose(norms2, 1.02 * d.numpy(), rtol=2e-3)
 
 
+def test_deepfool_leaves_batch_norm_statistics_and_train_mode_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model.train()
+    y = model.eval()(X).argmax(1)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deepfool(model, X, y, bounds=(-10.0, 10.0))
+    assert model.training, "the caller's train mode is restored"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    model(X)  # positive control: a forward pass in train mode does change the statistics
+    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+
+
+def test_attack_summary_groups_by_the_radii_asked_for(tmp_path):
+    from smoothcert.attack_runs import summarize_attack
+    from smoothcert.results import ATTACK_COLUMNS
+
+    # two examples certified at 0.2 and 0.4, each attacked at absolute radii 0.5 and 1.0
+    rows = [
+        (0, 1, 0.2, 0.5, 0.5, 1, 0),
+        (0, 1, 0.2, 1.0, 1.0, 2, 1),
+        (1, 3, 0.4, 0.5, 0.5, 3, 0),
+        (1, 3, 0.4, 1.0, 1.0, 3, 0),
+    ]
+    log = tmp_path / "attack.tsv"
+    log.write_text(
+        "\t".join(ATTACK_COLUMNS) + "\n" + "".join("\t".join(map(str, (*r, f"{r[3] / r[2]:.6g}"))) + "\n" for r in rows)
+    )
+    by_radius = summarize_attack(log, by="attack_radius")
+    assert by_radius["success_rate"] == {"0.5": 0.0, "1": 0.5} and by_radius["attacks"] == {"0.5": 2, "1": 2}
+    by_multiple = summarize_attack(log, by="multiple")  # the same rows by ratio: 1.25, 2.5, 2.5, 5
+    assert by_multiple["success_rate"] == {"1.25": 0.0, "2.5": 0.0, "5": 1.0}
+
+
 def test_empirical_robust_accuracy():
     acc = empirical_robust_accuracy(np.array([0.0, 0.5, 1.0, np.inf]), [0.0, 0.4, 0.75, 2.0])
     assert acc.tolist() == [0.75, 0.75, 0.5, 0.25]
@@ -140,7 +177,10 @@ def trained(tmp_path_factory):
 def test_no_attack_succeeds_below_the_certified_radius(trained):
     """Monte Carlo caveat: each certificate holds with probability >= 1 - alpha and each PREDICT
     judgement errs with probability <= alpha (alpha = 0.001 here), so a success below R is
-    possible in principle, with probability of order 2 * alpha per attack; none is expected."""
+    possible in principle, with probability of order 2 * alpha per attack; none is expected.
+
+    Positive control: the same attack, judged the same way, does succeed well beyond R, so a
+    PGD that returned its input unchanged (or a judge that never saw a flip) would fail here."""
     root, data = trained
     rows = [ln.split("\t") for ln in (root / "c.tsv").read_text().splitlines()[1:]]
     certified = [r for r in rows if r[4] == "1" and float(r[3]) > 0]
@@ -157,7 +197,7 @@ def test_no_attack_succeeds_below_the_certified_radius(trained):
                 "--data-dir",
                 str(data),
                 "--multiples",
-                "0.5,0.9,3",
+                "0.5,0.9,3,10",
                 "--steps",
                 "8",
                 "--num-noise",
@@ -179,7 +219,18 @@ def test_no_attack_succeeds_below_the_certified_radius(trained):
         if float(r[7]) < 1:
             assert r[6] == "0", f"attack succeeded inside the certified radius: {r}"
     summary = json.loads(Path(str(out) + ".summary.json").read_text())
-    assert set(summary["success_rate"]) == {"0.5", "0.9", "3"} and summary["success_rate"]["0.5"] == 0.0
+    rates = summary["success_rate"]
+    assert set(rates) == {"0.5", "0.9", "3", "10"} and rates["0.5"] == rates["0.9"] == 0.0
+    assert rates["10"] >= 0.8, f"attacks at 10x the certified radius should succeed: {summary}"
+    # --radii: the summary is grouped by the absolute radii asked for, not by per-example ratios
+    radii_out = root / "attack_radii.tsv"
+    common = ["attack", "--model", str(root / "m"), "--certify-log", str(root / "c.tsv"), "--data-dir", str(data)]
+    assert (
+        main([*common, "--radii", "0.01,5", "--steps", "4", "--num-noise", "4", "--max", "3", "--out", str(radii_out)])
+        == 0
+    )
+    by_radius = json.loads(Path(str(radii_out) + ".summary.json").read_text())
+    assert by_radius["grouped_by"] == "attack_radius" and by_radius["attacks"] == {"0.01": 3, "5": 3}
 
 
 @pytest.mark.slow

@@ -216,6 +216,16 @@ def test_warns_once_when_n_can_never_answer(linear_model):
         sc.predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)  # second time: silent
 
 
+def test_warnings_are_per_instance_so_test_order_does_not_matter(linear_model):
+    # the same (n, alpha) as above: with a module-global registry this instance would stay silent
+    # whenever test_warns_once_when_n_can_never_answer ran first
+    first = SmoothedClassifier(linear_model, 2, 0.5)
+    with pytest.warns(SmoothingWarning, match="needs n >= 11"):
+        first.predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)
+    with pytest.warns(SmoothingWarning, match="needs n >= 11"):
+        SmoothedClassifier(linear_model, 2, 0.5).predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)
+
+
 # ------------------------------------------------------------------ bad input
 
 

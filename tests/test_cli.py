@@ -527,3 +527,84 @@ def test_environment_variable_data_dir(tmp_path, model_dir, fmnist, monkeypatch)
         == 0
     )
     assert os.path.exists(tmp_path / "p.tsv")
+
+
+def _certify_args(model: Path | str, fmnist: Path, out: Path, *extra: str) -> list[str]:
+    return ["certify", "--model", str(model), "--data-dir", str(fmnist), "--out", str(out), "--quiet", *extra]
+
+
+def _writes(monkeypatch) -> list[int]:
+    """Record how many rows each ResultWriter.write call appends."""
+    from smoothcert.results import ResultWriter
+
+    sizes: list[int] = []
+    original = ResultWriter.write
+
+    def write(self, rows):
+        rows = list(rows)
+        sizes.append(len(rows))
+        original(self, rows)
+
+    monkeypatch.setattr(ResultWriter, "write", write)
+    return sizes
+
+
+def test_each_example_is_written_alone_when_n_exceeds_the_batch(tmp_path, model_dir, fmnist, monkeypatch):
+    """n > batch: every example goes to the log as soon as it is done, with its own time (no
+    chunk of examples is lost to a crash, and the time column is not a chunk average)."""
+    sizes = _writes(monkeypatch)
+    args = ["--n0", "10", "--n", "64", "--batch", "40", "--max", "6"]
+    assert main(_certify_args(model_dir, fmnist, tmp_path / "big.tsv", *args)) == 0
+    assert sizes == [1] * 6
+    # positive control: when an example's draws fit in a batch, examples still share passes
+    sizes.clear()
+    args = ["--n0", "10", "--n", "30", "--batch", "100", "--max", "6"]
+    assert main(_certify_args(model_dir, fmnist, tmp_path / "small.tsv", *args)) == 0
+    assert max(sizes) > 1 and sum(sizes) == 6
+
+
+def _other_weights(model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the model directory holding a second, different weights file other.safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "two"
+    shutil.copytree(model_dir, d)
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(d / "model.safetensors").items()}
+    save_file(weights, d / "other.safetensors")
+    return d / "other.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_model_identity_is_the_file_given(tmp_path, model_dir, fmnist):
+    other = _other_weights(model_dir, tmp_path)
+    out = tmp_path / "o.tsv"
+    assert main(_certify_args(other, fmnist, out, "--n0", "5", "--n", "20", "--max", "1")) == 0
+    identity = json.loads(Path(str(out) + ".json").read_text())["identity"]
+    assert identity["model_sha256"] == _sha256(other)
+    assert identity["model_sha256"] != _sha256(other.parent / "model.safetensors")
+
+
+def test_deepfool_log_refuses_to_resume_onto_another_model(capsys, tmp_path, model_dir, fmnist):
+    other = _other_weights(model_dir, tmp_path)
+    out = tmp_path / "df.tsv"
+    common = ["attack", "--deepfool", "--data-dir", str(fmnist), "--max", "2", "--out", str(out)]
+    assert main([*common, "--model", str(model_dir)]) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    err = _error(capsys, [*common, "--model", str(other)])
+    assert "different configuration" in err and "model_sha256" in err
+    assert out.read_bytes() == before
+    assert main([*common, "--model", str(model_dir)]) == 0  # positive control: the same model resumes
+
+
+def test_demo_with_no_sigmas_is_a_one_line_error(capsys, tmp_path):
+    err = _error(capsys, ["demo", "--sigmas", "", "--out", str(tmp_path / "demo")])
+    assert "sigmas" in err
+    assert not (tmp_path / "demo").exists()
