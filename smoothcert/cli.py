@@ -52,9 +52,30 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--max", type=_positive_int, help="at most this many examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed; each example's noise depends on (seed, idx) only")
     _add_device(p)
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="run the base model in mixed precision (CUDA only)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the base model")
+    p.add_argument(
+        "--amp", choices=["bf16", "fp16"], help="run the base model in mixed precision (bf16: CUDA or a bf16 CPU)"
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels-last memory format for the base model (default: on; changes speed only)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the base model")
+    p.add_argument(
+        "--pass-size", type=_positive_int, help="forward-pass size (default: measured, at most --batch; speed only)"
+    )
+    p.add_argument("--noise", choices=["gaussian", "laplace", "uniform"], help="noise (default: the model's)")
+    p.add_argument("--norm", choices=["l2", "l1", "linf"], default="l2", help="threat norm of the radius (default: l2)")
+    if command == "certify":
+        s = p.add_argument_group("sequential certification (valid under early stopping)")
+        s.add_argument("--adaptive", action="store_true", help="sequential CERTIFY: max-radius mode unless --radius")
+        s.add_argument("--radius", type=float, help="decision mode: certify robustness at this radius")
+        s.add_argument("--n-max", type=_positive_int, help="largest estimation sample (default: --n)")
+        s.add_argument("--beta", type=float, help="futility level: affects power only (default: alpha)")
+        s.add_argument("--radius-cap", type=float, help="max-radius mode: stop once this radius is certified")
+        s.add_argument("--radius-tol", type=float, help="max-radius: stop when more samples gain less")
+        s.add_argument("--eval-label", action="store_true", help="bound the true label's probability (no selection)")
     p.add_argument("--out", required=True, help="result TSV (resumed if it exists; FILE.json holds the configuration)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result file instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
     t.add_argument("--data-dir")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--noise", choices=["gaussian", "laplace", "uniform"], default="gaussian", help="training noise")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="(default: on)")
+    t.add_argument("--amp", choices=["bf16"], help="bf16 autocast for the forward pass (CUDA or a bf16 CPU)")
     t.set_defaults(func=_cmd_train)
 
     for name, helptext in (
@@ -186,6 +210,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_limit=args.train_limit,
         data_dir=args.data_dir,
         progress=not args.quiet,
+        noise=args.noise,
+        channels_last=args.channels_last,
+        amp=args.amp,
     )
     dist = DistContext.from_env(args.device)
     try:
@@ -225,6 +252,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         compile=args.compile,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        pass_size=args.pass_size,
+        noise=args.noise,
+        norm=args.norm,
+        adaptive=getattr(args, "adaptive", False),
+        radius=getattr(args, "radius", None),
+        n_max=getattr(args, "n_max", None),
+        beta=getattr(args, "beta", None),
+        radius_cap=getattr(args, "radius_cap", None),
+        radius_tol=getattr(args, "radius_tol", None),
+        eval_label=getattr(args, "eval_label", False),
     )
     dist = DistContext.from_env(args.device)
     try:
@@ -461,6 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smoothcert`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in {"train", "certify", "predict", "attack", "demo", "import"}:
+        from .perf import set_threads, tune_malloc
+
+        tuned = tune_malloc()
+        threads = set_threads()
+        if not getattr(args, "quiet", False):
+            alloc = "malloc tuned for reuse" if tuned else "default allocator"
+            print(f"smoothcert {args.command}: {threads} torch threads, {alloc}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ADAPTIVE_COLUMNS",
     "ATTACK_COLUMNS",
     "CERTIFY_COLUMNS",
     "DEEPFOOL_COLUMNS",
@@ -32,6 +33,10 @@ __all__ = [
 
 # The column schemas of every log smoothcert writes (their one home).
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "count", "n", "n0", "p_lower", "selected")
+ADAPTIVE_COLUMNS = (
+    *("idx", "label", "predict", "radius", "correct", "time"),
+    *("n_used", "decision", "stage", "p_upper", "count", "n", "n0", "p_lower", "selected"),
+)
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
 DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")

@@ -1,4 +1,4 @@
-"""CERTIFY and PREDICT over a data set split, with resumable logs and torchrun sharding.
+"""CERTIFY (fixed-n or sequential) and PREDICT over a data set split, with resumable logs and torchrun sharding.
 
 Each example's noise comes from its own generator, seeded from ``(seed, idx)``, so a row
 depends only on the seed, the example's index and the settings: a run can be interrupted and
@@ -8,6 +8,7 @@ resumed, or sharded over processes, without changing any row.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,9 @@ from .data import load_dataset
 from .devices import resolve_device
 from .distributed import DistContext
 from .models import checkpoint_sha256, load_model, versions
+from .perf import cpu_supports_bf16
 from .results import (
+    ADAPTIVE_COLUMNS,
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     ResultWriter,
@@ -66,10 +69,20 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: str | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     overwrite: bool = False
     progress: bool = True
+    pass_size: int | None = None  # None: measured (perf.choose_pass_size), at most batch
+    noise: str | None = None  # None: the model's training noise
+    norm: str = "l2"
+    adaptive: bool = False  # sequential certification (max-radius mode unless radius is given)
+    radius: float | None = None  # decision mode: is g robust at this radius?
+    n_max: int | None = None  # sequential: largest estimation sample (default: n)
+    beta: float | None = None  # sequential: futility level (default: alpha)
+    radius_cap: float | None = None
+    radius_tol: float | None = None
+    eval_label: bool = False  # sequential: bound the true label's probability, no selection
 
     def __post_init__(self) -> None:
         check_int("n0", self.n0)
@@ -84,6 +97,15 @@ class RunConfig:
             check_sigma(self.sigma)
         if self.amp is not None and self.amp not in AMP:
             raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+        if self.pass_size is not None:
+            check_int("pass_size", self.pass_size)
+        if self.n_max is not None:
+            check_int("n_max", self.n_max)
+        sequential = self.radius is not None or self.eval_label or self.radius_cap is not None
+        if sequential and not self.adaptive:
+            raise ValueError("radius, radius_cap and eval_label need adaptive=True (--adaptive)")
+        if self.adaptive and self.command != "certify":
+            raise ValueError("adaptive applies to certify only")
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -96,11 +118,19 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     """Certify or predict the selected examples of a split; returns the path of the complete log."""
     dist = dist or DistContext.single()
     device = dist.device if dist.world_size > 1 else resolve_device(config.device)
-    if config.amp is not None and device.type != "cuda":
-        raise ValueError(f"amp {config.amp!r} needs a CUDA device, got {device.type!r}")
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp 'fp16' needs a CUDA device, got {device.type!r}")
+    if config.amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise ValueError("amp 'bf16' on CPU needs native bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks")
     model, meta = load_model(config.model, device=device)
     dataset_name = config.dataset or meta["dataset"]
     sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
+    trained_noise = str(meta.get("noise", "gaussian"))
+    noise = config.noise or trained_noise
+    if noise != trained_noise:
+        warnings.warn(
+            f"certifying with {noise} noise a model trained with {trained_noise} noise", UserWarning, stacklevel=2
+        )
     dataset = load_dataset(dataset_name, config.split, config.data_dir)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -118,12 +148,30 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "seed": config.seed,
         "device_type": device.type,
         "amp": config.amp,
-        "channels_last": config.channels_last,
         "compile": config.compile,
     }
+    # noise stream and layout: the noise is drawn in a layout-independent way, so channels-last
+    # and the pass size change speed only and are not part of the identity
+    if noise != "gaussian" or config.norm != "l2":  # absent from Gaussian L2 identities, as before
+        identity["noise"] = noise
+        identity["norm"] = config.norm
     if config.command == "certify":
         identity["n0"] = config.n0
-    largest = max(config.n, config.n0) if config.command == "certify" else config.n
+    n_max = config.n_max or config.n
+    if config.adaptive:
+        identity.update(
+            adaptive=True,
+            radius=config.radius,
+            n_max=n_max,
+            beta=config.beta,
+            radius_cap=config.radius_cap,
+            radius_tol=config.radius_tol,
+            eval_label=config.eval_label,
+        )
+        identity.pop("n")
+        if config.eval_label:
+            identity.pop("n0")
+    largest = max(n_max, config.n0) if config.command == "certify" else config.n
     if largest > config.batch:  # the batch size splits an example's noise stream only when a draw exceeds it
         identity["batch"] = config.batch
     sidecar = {
@@ -134,7 +182,9 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "world_size": dist.world_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    columns = CERTIFY_COLUMNS if config.command == "certify" else PREDICT_COLUMNS
+    columns = (
+        (ADAPTIVE_COLUMNS if config.adaptive else CERTIFY_COLUMNS) if config.command == "certify" else PREDICT_COLUMNS
+    )
     out = Path(config.out)
     if dist.world_size > 1:
         part = out.with_name(f"{out.name}.part{dist.rank}-of-{dist.world_size}")
@@ -156,6 +206,9 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         input_shape=tuple(meta["input_shape"]),
         autocast_dtype=AMP[config.amp] if config.amp else None,
         channels_last=config.channels_last,
+        pass_size=config.pass_size or "auto",
+        noise=noise,
+        norm=config.norm,
     )
     with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
         todo = [i for i in mine if i not in writer.done]
@@ -164,6 +217,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         # most one example and the progress bar moves with every example.
         smallest_draw = min(config.n0, config.n) if config.command == "certify" else config.n
         per_pass = 1 if largest > config.batch else max(1, min(256, config.batch // smallest_draw))
+        if config.adaptive:  # stages of many examples share passes: first stages fill a batch
+            per_pass = max(1, min(256, config.batch // 64))
         bar = _progress(len(todo), config.progress and dist.is_main)
         # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
         position = {idx: p for p, idx in enumerate(mine)}
@@ -193,7 +248,29 @@ def _process(
     gens = [example_generator(config.seed, i, device) for i in chunk]
     began = time.perf_counter()
     rows: list[list[Any]] = []
-    if config.command == "certify":
+    if config.adaptive:
+        acerts = smoothed.certify_adaptive_batch(
+            xs,
+            alpha=config.alpha,
+            n_max=config.n_max or config.n,
+            batch_size=config.batch,
+            radius=config.radius,
+            n0=config.n0,
+            beta=config.beta,
+            radius_cap=config.radius_cap,
+            radius_tol=config.radius_tol,
+            labels=labels if config.eval_label else None,
+            generator=gens,
+        )
+        elapsed = (time.perf_counter() - began) / len(chunk)
+        for i, y, a in zip(chunk, labels, acerts, strict=True):
+            rows.append(
+                [
+                    *(i, y, a.label, repr(a.radius), int(a.label == y), f"{elapsed:.6f}"),
+                    *(a.n_used, a.decision, a.stage, repr(a.p_upper), a.count, a.n, a.n0, repr(a.p_lower), a.selected),
+                ]
+            )
+    elif config.command == "certify":
         certs = smoothed.certify_batch(
             xs, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens
         )

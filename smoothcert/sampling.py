@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from ._checks import check_int, check_sigma
+from .devices import eval_mode
 
 __all__ = ["GeneratorArg", "NoiseSampler", "check_generator_device", "plan_batches", "same_device", "sample_counts"]
 
@@ -118,20 +119,6 @@ def _generators(generator: GeneratorArg, k: int, device: torch.device) -> list[t
             raise TypeError(f"generator must be a torch.Generator, got {type(g).__name__}")
         check_generator_device(g, device)
     return gens
-
-
-@contextlib.contextmanager
-def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
-    """Put an ``nn.Module`` in eval mode and restore its previous train/eval state."""
-    if isinstance(model, torch.nn.Module):
-        was_training = model.training
-        model.eval()
-        try:
-            yield
-        finally:
-            model.train(was_training)
-    else:
-        yield
 
 
 def _sample_sizes(n: int | Sequence[int], k: int) -> list[int]:
@@ -247,6 +234,3 @@ def sample_counts(
             votes = torch.bincount(ids + votes_of, minlength=span * num_classes)
             counts[lo : lo + span] += votes.view(span, num_classes)
     return counts.cpu().numpy()
-
-
-_eval_mode = eval_mode  # transitional alias
