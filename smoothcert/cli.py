@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tuned = tune_malloc()
         threads = set_threads()
-        if not getattr(args, "quiet", False):
+        if sys.stderr.isatty() and not getattr(args, "quiet", False):  # errors stay one line in scripts and logs
             alloc = "malloc tuned for reuse" if tuned else "default allocator"
             print(f"smoothcert {args.command}: {threads} torch threads, {alloc}", file=sys.stderr)
     try:

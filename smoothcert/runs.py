@@ -180,6 +180,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "model": meta,
         "versions": versions(),
         "world_size": dist.world_size,
+        "torch_threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     columns = (
