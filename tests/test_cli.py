@@ -608,3 +608,31 @@ def test_demo_with_no_sigmas_is_a_one_line_error(capsys, tmp_path):
     err = _error(capsys, ["demo", "--sigmas", "", "--out", str(tmp_path / "demo")])
     assert "sigmas" in err
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [["--radius", "0.25"], ["--radius-cap", "0.5"], ["--eval-label"]])
+def test_adaptive_certify_resumes_with_identical_rows(tmp_path, model_dir, fmnist, mode):
+    common = [
+        *("certify", "--model", str(model_dir), "--data-dir", str(fmnist), "--adaptive", *mode),
+        *("--n-max", "2000", "--batch", "256", "--max", "20", "--seed", "3", "--quiet"),
+    ]
+    full = tmp_path / "full.tsv"
+    assert _run_cli([*common, "--out", str(full)]).returncode == 0
+    want = _rows(full)
+    assert want[0][:10] == ["idx", "label", "predict", "radius", "correct", "time", "n_used", "decision", "stage", "p_upper"]
+    assert len(want) == 21 and {r[7] for r in want[1:]} <= {"certified", "not_certified", "undecided"}
+    assert all(int(r[6]) <= 2000 + 100 for r in want[1:])
+    # a run stopped after 8 rows with a torn 9th line resumes to the same rows
+    part = tmp_path / "part.tsv"
+    lines = full.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:9]) + lines[9][:7])
+    (tmp_path / "part.tsv.json").write_text((tmp_path / "full.tsv.json").read_text())
+    assert _run_cli([*common, "--out", str(part)]).returncode == 0
+    strip = lambda rows: [r[:5] + r[6:] for r in rows]  # noqa: E731  (the time column differs)
+    assert strip(_rows(part)) == strip(want)
+    # a different decision radius is another configuration: refused, file untouched
+    before = part.read_text()
+    other = [*common[: common.index("--adaptive") + 1], "--radius", "0.75", *common[common.index("--n-max") :]]
+    proc = _run_cli([*other, "--out", str(part)])
+    assert proc.returncode == 2 and "different configuration" in proc.stderr and part.read_text() == before
