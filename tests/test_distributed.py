@@ -158,9 +158,9 @@ def test_overwrite_under_torchrun_replaces_the_sidecar(setup, tmp_path):
     out = tmp_path / "c.tsv"
     common = dict(command="certify", model=str(root / "m"), out=str(out), data_dir=str(data), n0=5, max=4)
     common.update(batch=100, device="cpu", progress=False)
-    run(RunConfig(n=20, **common))  # type: ignore[arg-type]
+    run(RunConfig(n=20, **common))
     assert json.loads(Path(str(out) + ".json").read_text())["identity"]["n"] == 20
-    run(RunConfig(n=30, overwrite=True, **common), DistContext(rank=0, world_size=2))  # type: ignore[arg-type]
+    run(RunConfig(n=30, overwrite=True, **common), DistContext(rank=0, world_size=2))
     assert json.loads(Path(str(out) + ".json").read_text())["identity"]["n"] == 30
     rows = [ln.split("\t") for ln in out.read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["0", "2"] and {r[7] for r in rows} == {"30"}  # rank 0's share, at n = 30
