@@ -109,6 +109,11 @@ def test_torchrun_two_processes_equals_single_process(setup, command):
     )
     _torchrun([*common, "--out", str(multi)], root)  # re-running resumes: nothing to add, nothing lost
     assert _strip_time(multi) == _strip_time(single)
+    # --overwrite with other settings: new rows under a new sidecar (the old identity is gone)
+    _torchrun([*common, "--out", str(multi), "--alpha", "0.1", "--overwrite"], root)
+    assert json.loads(Path(str(multi) + ".json").read_text())["identity"]["alpha"] == 0.1
+    assert len(_strip_time(multi)) == 1 + 13
+    _torchrun([*common, "--out", str(multi), "--alpha", "0.1"], root)  # and it resumes under the new one
 
 
 @pytest.mark.slow
@@ -141,3 +146,21 @@ def test_torchrun_trains_with_ddp(setup):
     meta = json.loads((out / "model.json").read_text())
     assert meta["epochs"] == 2 and (out / "model.safetensors").exists()
     assert [r.split("\t")[0] for r in (out / "train_log.tsv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_overwrite_under_torchrun_replaces_the_sidecar(setup, tmp_path):
+    """Rank 0 of a 2-process --overwrite run (the other rank's part simply missing): the merged
+    log must carry the new identity, not the sidecar of the log it replaced."""
+    from smoothcert.distributed import DistContext
+    from smoothcert.runs import RunConfig, run
+
+    root, data = setup
+    out = tmp_path / "c.tsv"
+    common = dict(command="certify", model=str(root / "m"), out=str(out), data_dir=str(data), n0=5, max=4)
+    common.update(batch=100, device="cpu", progress=False)
+    run(RunConfig(n=20, **common))
+    assert json.loads(Path(str(out) + ".json").read_text())["identity"]["n"] == 20
+    run(RunConfig(n=30, overwrite=True, **common), DistContext(rank=0, world_size=2))
+    assert json.loads(Path(str(out) + ".json").read_text())["identity"]["n"] == 30
+    rows = [ln.split("\t") for ln in out.read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["0", "2"] and {r[7] for r in rows} == {"30"}  # rank 0's share, at n = 30
