@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ._checks import check_sigma
-from .models import CheckpointError, _RepeatChannels, build_model, save_model, upgrade_legacy_keys, versions
+from .models import CheckpointError, RepeatChannels, build_model, save_model, upgrade_legacy_keys, versions
 
 __all__ = ["FORMATS", "cached_weights_path", "import_checkpoint"]
 
@@ -297,7 +297,7 @@ def import_checkpoint(
         arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0], mean=spec.mean, std=spec.std
     )
     net: nn.Module = model[1]  # type: ignore[index]
-    if isinstance(net, nn.Sequential) and isinstance(net[0], _RepeatChannels):
+    if isinstance(net, nn.Sequential) and isinstance(net[0], RepeatChannels):
         net = net[1]
     source, norm = _strip_wrappers(state)
     source = upgrade_legacy_keys(arch, source)

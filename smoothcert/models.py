@@ -179,7 +179,7 @@ def upgrade_legacy_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-class _RepeatChannels(nn.Module):
+class RepeatChannels(nn.Module):
     """Feed a one-channel image to a three-channel torchvision model."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
         import torchvision
 
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        return nn.Sequential(_RepeatChannels(), net) if in_channels == 1 else net
+        return nn.Sequential(RepeatChannels(), net) if in_channels == 1 else net
 
     return build
 

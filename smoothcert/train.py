@@ -241,7 +241,7 @@ def _read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     log_path = out / "train_log.tsv"
     if log_path.exists():
         for line in log_path.read_text().splitlines()[1:]:
-            first = line.split("\t", 1)[0]
+            first = line.partition("\t")[0]  # epoch field of a legacy training-log row
             if first.isdigit() and int(first) <= int(meta["epoch"]):
                 rows[int(first)] = line  # the last row of an epoch written twice wins
     meta["log"] = [rows[e] for e in sorted(rows)]
