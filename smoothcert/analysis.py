@@ -669,11 +669,7 @@ class Comparison:
 def _subset(log: CertifyLog, keep: NDArray[np.int64]) -> CertifyLog:
     from dataclasses import fields, replace
 
-    arrays = {
-        f.name: getattr(log, f.name)[keep]
-        for f in fields(log)
-        if isinstance(getattr(log, f.name), np.ndarray)
-    }
+    arrays = {f.name: getattr(log, f.name)[keep] for f in fields(log) if isinstance(getattr(log, f.name), np.ndarray)}
     return replace(log, **arrays)
 
 
@@ -905,10 +901,9 @@ def format_csv(summaries: Sequence[Summary]) -> str:
         pass_cells = [p.mean, p.median, p.p99, p.max] if p else [None] * 4
         for j, r in enumerate(s.radii):
             extra = [_csv_value(s.extra["certified_accuracy_lower"][j])] if lower else []
-            w.writerow(
-                [s.name, s.path, s.examples, r, _csv_value(s.certified_accuracy[j]), *extra, _csv_value(s.acr)]
-                + [s.abstain_rate, s.norm, s.mode, *map(_csv_value, pass_cells), _csv_value(s.time_mean)]
-            )
+            acc = _csv_value(s.certified_accuracy[j])
+            tail = [s.abstain_rate, s.norm, s.mode, *map(_csv_value, pass_cells), _csv_value(s.time_mean)]
+            w.writerow([s.name, s.path, s.examples, r, acc, *extra, _csv_value(s.acr), *tail])
     return buf.getvalue()
 
 
@@ -953,24 +948,31 @@ def format_comparison(comparisons: Sequence[Comparison], fmt: str) -> str:
     pair_rows, diff_rows = [], []
     for c in comparisons:
         acr = NA if c.acr is None else f"{c.acr.difference:+.4f} ({c.acr.se:.4f})"
-        pair_rows.append(
-            [c.name_a, c.name_b, str(c.examples), _num(c.passes_a.mean if c.passes_a else None),
-             _num(c.passes_b.mean if c.passes_b else None), _num(c.passes_ratio, ".1f") + ("×" if c.passes_ratio else ""),
-             _num(c.time_ratio, ".1f") + ("×" if c.time_ratio else ""), acr]
-        )  # fmt: skip
+        mean_a = _num(c.passes_a.mean if c.passes_a else None)
+        mean_b = _num(c.passes_b.mean if c.passes_b else None)
+        ratio = _num(c.passes_ratio, ".1f") + ("×" if c.passes_ratio else "")
+        time_ratio = _num(c.time_ratio, ".1f") + ("×" if c.time_ratio else "")
+        pair_rows.append([c.name_a, c.name_b, str(c.examples), mean_a, mean_b, ratio, time_ratio, acr])
         for r, d in zip(c.radii, c.accuracy, strict=True):
             if d is not None:
                 diff_rows.append([c.name_a, c.name_b, f"{r:g}", *_diff_cells(d)])
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(
-            ["a", "b", "norm", "examples", "passes_a_mean", "passes_b_mean", "passes_ratio", "time_ratio", "radius"]
-            + ["acc_a", "acc_b", "difference", "se", "ci95_low", "ci95_high", "a_only", "b_only", "mcnemar_p"]
-        )
+        head_cols = ["a", "b", "norm", "examples", "passes_a_mean", "passes_b_mean", "passes_ratio", "time_ratio"]
+        diff_cols = ["acc_a", "acc_b", "difference", "se", "ci95_low", "ci95_high", "a_only", "b_only", "mcnemar_p"]
+        w.writerow([*head_cols, "radius", *diff_cols])
         for c in comparisons:
-            head = [c.name_a, c.name_b, c.norm, c.examples, c.passes_a.mean if c.passes_a else "",
-                    c.passes_b.mean if c.passes_b else "", _csv_value(c.passes_ratio), _csv_value(c.time_ratio)]  # fmt: skip
+            means = [c.passes_a.mean if c.passes_a else "", c.passes_b.mean if c.passes_b else ""]
+            head = [
+                c.name_a,
+                c.name_b,
+                c.norm,
+                c.examples,
+                *means,
+                _csv_value(c.passes_ratio),
+                _csv_value(c.time_ratio),
+            ]
             for r, d in zip(c.radii, c.accuracy, strict=True):
                 if d is not None:
                     w.writerow(

@@ -127,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ACR and forward passes per example of certify logs, fixed-n or sequential (--adaptive): a decision-mode "
         "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap.",
     )
-    a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (ours, fixed-n or sequential, or the 2019 reference's)")
+    a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (fixed-n, sequential or the 2019 reference's)")
     a.add_argument(
         "--compare",
         metavar="LOG",
         help="baseline log (e.g. fixed-n): compare each LOG with it on their common examples: ratio of forward "
-        "passes, paired certified-accuracy difference with its standard error, 95%% normal interval and exact McNemar p",
+        "passes, paired certified-accuracy difference with its standard error, 95%% normal interval, exact McNemar p",
     )
     a.add_argument("--radii", default="0:1.5:0.25", help="'start:stop:step' or a comma list (default: 0:1.5:0.25)")
     a.add_argument("--format", choices=["markdown", "latex", "csv", "json"], default="markdown")
@@ -340,7 +340,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 outputs.append(f"projected ({s.extra['projection']}) {s.name}: {values}\n")
         if baseline is not None:
             base = Path(baseline.path).resolve()
-            comparisons = [analysis.compare_logs(log, baseline, radii) for log in logs if Path(log.path).resolve() != base]
+            comparisons = [
+                analysis.compare_logs(log, baseline, radii) for log in logs if Path(log.path).resolve() != base
+            ]
             if args.format == "json":
                 documents["compare"] = [c.to_json() for c in comparisons]
             else:
