@@ -120,8 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_args(p, name)
         p.set_defaults(func=_cmd_run)
 
-    a = sub.add_parser("analyze", help="certified-accuracy tables and plots from certify logs")
-    a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (ours or the 2019 reference's)")
+    a = sub.add_parser(
+        "analyze",
+        help="certified-accuracy tables and plots from certify logs",
+        description="Certified accuracy (labelled with the logs' threat norm; logs of different norms are refused), "
+        "ACR and forward passes per example of certify logs, fixed-n or sequential (--adaptive): a decision-mode "
+        "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap.",
+    )
+    a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (fixed-n, sequential or the 2019 reference's)")
+    a.add_argument(
+        "--compare",
+        metavar="LOG",
+        help="baseline log (e.g. fixed-n): compare each LOG with it on their common examples: ratio of forward "
+        "passes, paired certified-accuracy difference with its standard error, 95%% normal interval, exact McNemar p",
+    )
     a.add_argument("--radii", default="0:1.5:0.25", help="'start:stop:step' or a comma list (default: 0:1.5:0.25)")
     a.add_argument("--format", choices=["markdown", "latex", "csv", "json"], default="markdown")
     a.add_argument("--label", action="append", help="label of each log, in order (default: from the sidecar)")
@@ -277,7 +289,7 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
     """``analyze`` only reads its logs: refuse any output path that is one of them (or its sidecar)."""
     from .results import sidecar_path
 
-    inputs = [*args.logs, *(args.predict_logs or []), *args.empirical]
+    inputs = [*args.logs, *(args.predict_logs or []), *args.empirical, *([args.compare] if args.compare else [])]
     if args.predict_reference:
         inputs.append(args.predict_reference)
     protected = {Path(p).resolve() for p in inputs} | {sidecar_path(p).resolve() for p in inputs}
@@ -299,12 +311,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if labels and len(labels) != len(args.logs):
             raise ValueError(f"--label was given {len(labels)} times for {len(args.logs)} logs")
         logs = [analysis.read_certify_log(p, name=labels[i] if labels else None) for i, p in enumerate(args.logs)]
+        baseline = analysis.read_certify_log(args.compare) if args.compare else None
         radii = analysis.parse_radii(args.radii)
         if args.high_prob is not None and not 0 < args.high_prob < 1:
             raise ValueError(f"--high-prob must be in (0, 1), got {args.high_prob}")
-        summaries = analysis.summarize(logs, radii, high_prob=args.high_prob, bound=args.bound, sigma=args.sigma)
+        listed = {Path(p).resolve() for p in args.logs}
+        table_logs = logs + ([baseline] if baseline is not None and Path(args.compare).resolve() not in listed else [])
+        summaries = analysis.summarize(table_logs, radii, high_prob=args.high_prob, bound=args.bound, sigma=args.sigma)
         if args.project_n is not None or args.project_alpha is not None:
-            for log, s in zip(logs, summaries, strict=True):
+            for log, s in zip(table_logs, summaries, strict=True):
                 proj = analysis.project_certified_accuracy(
                     log, radii, n=args.project_n, alpha=args.project_alpha, sigma=args.sigma
                 )
@@ -323,11 +338,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             for s in summaries:
                 values = ", ".join(f"{v:.2f}" for v in s.extra["projected_certified_accuracy"])
                 outputs.append(f"projected ({s.extra['projection']}) {s.name}: {values}\n")
+        if baseline is not None:
+            base = Path(baseline.path).resolve()
+            comparisons = [
+                analysis.compare_logs(log, baseline, radii) for log in logs if Path(log.path).resolve() != base
+            ]
+            if args.format == "json":
+                documents["compare"] = [c.to_json() for c in comparisons]
+            else:
+                outputs.append("\n" + analysis.format_comparison(comparisons, args.format))
         if args.plot:
             from .plotting import plot_certified_accuracy
 
             empirical = [analysis.empirical_curve(p) for p in args.empirical]
             plot_certified_accuracy(summaries, args.plot, envelope=args.envelope, empirical=empirical)
+    elif args.compare:
+        raise ValueError("--compare needs certify logs to compare with it")
     if args.predict_logs:
         if not args.predict_reference:
             raise ValueError("--predict-logs needs --predict-reference (a large-n predict log)")

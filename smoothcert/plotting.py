@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .analysis import Summary
+from .analysis import Summary, check_same_norm, norm_label
 
 __all__ = ["plot_bounds", "plot_certified_accuracy", "plot_max_radius", "plot_noise_grid"]
 
@@ -43,29 +43,44 @@ def plot_certified_accuracy(
 ) -> Path:
     """Certified accuracy against radius for every log (paper Fig. 6/7).
 
+    The x axis is labelled with the logs' norm (logs of different norms are refused). A
+    decision-mode log is one marker at its radius; a capped log's curve stops at its cap.
     ``envelope`` adds the best accuracy over logs at each radius; a summary with
     ``certified_accuracy_lower`` gets its high-probability bound drawn dotted (Fig. 14);
     ``empirical`` adds dashed ``(label, radii, accuracy)`` curves, e.g. DeepFool on an
     undefended model (Fig. 6).
     """
+    norm = check_same_norm(summaries)  # one radius axis: refuse logs of different norms
+    if empirical and norm != "l2":
+        raise ValueError(f"empirical (DeepFool) curves are L2 distances; they cannot be drawn on a {norm} axis")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for s in summaries:
-        (line,) = ax.plot(s.radii, s.certified_accuracy, label=s.name, lw=1.8)
+        if s.mode == "decision":  # one meaningful radius: a single marker
+            j = next(k for k, v in enumerate(s.certified_accuracy) if v is not None)
+            ax.plot([s.radii[j]], [s.certified_accuracy[j]], marker="o", ls="", label=f"{s.name} (decision)")
+            continue
+        keep = [k for k, v in enumerate(s.certified_accuracy) if v is not None]  # capped logs stop at the cap
+        xs = [s.radii[k] for k in keep]
+        (line,) = ax.plot(xs, [s.certified_accuracy[k] for k in keep], label=s.name, lw=1.8)
         if "certified_accuracy_lower" in s.extra:
             ax.plot(
-                s.radii,
-                s.extra["certified_accuracy_lower"],
+                xs,
+                [s.extra["certified_accuracy_lower"][k] for k in keep],
                 ls=":",
                 color=line.get_color(),
                 label=f"{s.name}, lower bound (γ={s.extra['gamma']:g})",
             )
-    if envelope and summaries:
-        best = np.max(np.array([s.certified_accuracy for s in summaries]), axis=0)
-        ax.plot(summaries[0].radii, best, color="black", lw=2.5, alpha=0.35, label="best over logs")
+    curves = [s for s in summaries if s.mode != "decision"]
+    if envelope and curves:
+        grid = curves[0].radii
+        acc = np.array([[np.nan if v is None else v for v in s.certified_accuracy] for s in curves], dtype=float)
+        defined = ~np.all(np.isnan(acc), axis=0)
+        best = np.nanmax(acc[:, defined], axis=0)
+        ax.plot(np.asarray(grid)[defined], best, color="black", lw=2.5, alpha=0.35, label="best over logs")
     for label, radii, acc in empirical:
         ax.plot(radii, acc, ls="--", color="gray", label=label)
-    ax.set_xlabel("radius (L2)")
+    ax.set_xlabel(f"{norm_label(norm)} radius")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -86,7 +101,7 @@ def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
     ax.plot(pa, stats.li_radius(pa, sigma=sigma), label="Li et al. (Rényi divergence)")
     ax.plot(pa, stats.lecuyer_radius(pa, sigma=sigma), label="Lecuyer et al. (PixelDP)")
     ax.set_xlabel("pA (with pB = 1 − pA)")
-    ax.set_ylabel(f"certified radius (σ = {sigma:g})")
+    ax.set_ylabel(f"certified L2 radius, Gaussian noise (σ = {sigma:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -103,7 +118,7 @@ def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0
         ax.plot(ns, stats.max_radius(ns, a, sigma=sigma), label=f"α = {a:g}")
     ax.set_xscale("log")
     ax.set_xlabel("number of samples n")
-    ax.set_ylabel(f"largest certifiable radius (σ = {sigma:g})")
+    ax.set_ylabel(f"largest certifiable L2 radius, Gaussian (σ = {sigma:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -15,7 +15,7 @@ from scipy import stats as st
 from smoothcert import analysis as A
 from smoothcert import stats as S
 from smoothcert.cli import main
-from smoothcert.results import CERTIFY_COLUMNS
+from smoothcert.results import ADAPTIVE_COLUMNS, CERTIFY_COLUMNS
 
 DATA = Path(__file__).parent / "data" / "cohen2019"
 CERT = DATA / "certify"
@@ -287,3 +287,247 @@ def test_json_with_certify_and_predict_logs_is_one_document(capsys):
     assert [r["name"] for r in doc["predict"]] == ["N = 100", "N = 10,000"]
     assert main(["analyze", log, "--radii", "0,1", "--format", "json"]) == 0  # alone: the list of summaries
     assert isinstance(json.loads(capsys.readouterr().out), list)
+
+
+# ----------------------------------------------------------------------------- sequential logs, passes, norms
+
+
+def _write(path: Path, columns: tuple[str, ...], rows: list[list[object]], identity: dict[str, object] | None) -> str:
+    """A log with ``columns`` and ``rows``, and (unless ``identity`` is None) its sidecar."""
+    path.write_text("\t".join(columns) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    if identity is not None:
+        Path(str(path) + ".json").write_text(json.dumps({"identity": identity, "model": {"arch": "toy"}}))
+    return str(path)
+
+
+def _fixed(path: Path, radii: list[float], correct: list[int], *, norm: str | None = None, idx0: int = 0) -> str:
+    """Fixed-n log, n0 = 100, n = 1000: every example costs 1100 passes."""
+    rows = [
+        [idx0 + i, 3, 3 if c else 5, r, c, "2.0", 990, 1000, 100, 0.99, 3 if c else 5]
+        for i, (r, c) in enumerate(zip(radii, correct, strict=True))
+    ]
+    ident: dict[str, object] = {"sigma": 0.5, "alpha": 0.001, "n": 1000, "n0": 100}
+    if norm is not None:
+        ident.update(noise="laplace", norm=norm)
+    return _write(path, CERTIFY_COLUMNS, rows, ident)
+
+
+def _adaptive(
+    path: Path,
+    rows: list[tuple[float, int, str, int]],
+    *,
+    radius: float | None,
+    cap: float | None = None,
+    idx0: int = 0,
+    sidecar: bool = True,
+) -> str:
+    """Sequential log from ``(radius, correct, decision, n_used)`` per example."""
+    out = [
+        [idx0 + i, 3, 3 if c else -1, r, c, "0.1", used, dec, 2, 0.999, used - 100, used - 100, 100, 0.9, 3]
+        for i, (r, c, dec, used) in enumerate(rows)
+    ]
+    ident = {"sigma": 0.5, "alpha": 0.001, "adaptive": True, "radius": radius, "radius_cap": cap, "n_max": 100_000}
+    return _write(path, ADAPTIVE_COLUMNS, out, ident if sidecar else None)
+
+
+DECISION = [  # (radius, correct, decision, n_used): certified examples have radius > 0.5
+    (0.61, 1, "certified", 228),
+    (0.0, 0, "not_certified", 356),
+    (0.93, 1, "certified", 164),
+    (0.0, 0, "undecided", 100_100),
+    (0.52, 1, "certified", 1124),
+]
+
+
+def test_decision_mode_log_reports_its_radius_only(tmp_path, capsys):
+    path = _adaptive(tmp_path / "d.tsv", DECISION, radius=0.5)
+    log = A.read_certify_log(path)
+    assert log.mode == "decision" and log.decision_radius == 0.5 and log.norm == "l2"
+    assert log.decision is not None and log.decision.tolist()[1] == "not_certified"
+    (s,) = A.summarize([log], [0.0, 0.25, 0.75])  # 0.5 joins the grid
+    assert s.radii == [0.0, 0.25, 0.5, 0.75]
+    assert s.certified_accuracy == [None, None, pytest.approx(3 / 5), None]
+    assert s.acr is None and s.decisions == {"certified": 3, "not_certified": 1, "undecided": 1}
+    # passes by hand: sorted 164 228 356 1124 100100; p99 at position 0.99 * 4 = 3.96 (linear)
+    assert s.passes is not None
+    assert s.passes.mean == pytest.approx((228 + 356 + 164 + 100_100 + 1124) / 5)
+    assert s.passes.median == 356 and s.passes.max == 100_100
+    assert s.passes.p99 == pytest.approx(1124 + 0.96 * (100_100 - 1124))
+    assert main(["analyze", path, "--radii", "0.25,0.75"]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[0], out.splitlines()[2]
+    assert "L2 r = 0.5" in header and "passes (mean)" in header
+    assert row.split("|")[3:7] == [" n/a ", " 0.60 ", " n/a ", " n/a "]  # r = 0.25, 0.5, 0.75, ACR
+    assert "| 20,394 |" in out and "| 356 | 96,141 | 100,100 |" in out  # 1124 + 0.96 * 98976 = 96140.96
+    assert "decision r = 0.5" in out and "certified 3, not_certified 1, undecided 1" in out
+    assert "n/a: a decision-mode log tests one radius" in out
+
+
+def test_capped_max_radius_log_stops_at_its_cap(tmp_path):
+    rows = [(0.8, 1, "certified", 5000), (0.3, 1, "certified", 2000), (0.0, 0, "not_certified", 300)]
+    log = A.read_certify_log(_adaptive(tmp_path / "m.tsv", rows, radius=None, cap=0.75))
+    assert log.mode == "max-radius" and log.radius_cap == 0.75
+    (s,) = A.summarize([log], [0.0, 0.5, 0.75, 1.0])
+    assert s.certified_accuracy == [pytest.approx(2 / 3), pytest.approx(1 / 3), pytest.approx(1 / 3), None]
+    assert s.acr == pytest.approx((0.75 + 0.3) / 3)  # min(radius, cap)
+    uncapped = A.read_certify_log(_adaptive(tmp_path / "u.tsv", rows, radius=None))
+    (u,) = A.summarize([uncapped], [0.0, 1.0])
+    assert u.certified_accuracy == [pytest.approx(2 / 3), 0.0] and u.acr == pytest.approx(1.1 / 3)
+
+
+def test_fixed_log_passes_are_n0_plus_n(tmp_path):
+    log = A.read_certify_log(_fixed(tmp_path / "f.tsv", [0.2, 0.7, 0.0], [1, 1, 0]))
+    assert log.mode == "fixed" and log.passes is not None and log.passes.tolist() == [1100] * 3
+    (s,) = A.summarize([log], [0.5])
+    assert s.passes == A.PassStats(mean=1100.0, median=1100.0, p99=1100.0, max=1100, total=3300)
+    ref = A.summarize([A.read_certify_log(CERT / next(iter(TABLE2)))], [0.5])[0]
+    assert ref.passes is None  # the 2019 logs do not record n
+
+
+def test_sequential_log_without_its_sidecar_is_refused(tmp_path):
+    path = _adaptive(tmp_path / "d.tsv", DECISION, radius=0.5, sidecar=False)
+    with pytest.raises(ValueError, match=r"mode .* is unknown"):
+        A.read_certify_log(path)
+
+
+def _pair(tmp_path: Path) -> tuple[str, str]:
+    """Adaptive decision log (idx 0..6) and fixed log (idx 1..8): common idx 1..6."""
+    # common examples, A = decision log at r = 0.5, B = fixed log with radius >= 0.5:
+    #   idx: 1  2  3  4  5  6
+    #   A:   1  1  1  0  1  0
+    #   B:   0  0  0  0  1  1      d = 1 1 1 0 0 -1
+    a_rows = [
+        (0.9, 1, "certified", 999),  # idx 0: only in A
+        (0.6, 1, "certified", 200),
+        (0.7, 1, "certified", 300),
+        (0.55, 1, "certified", 400),
+        (0.0, 0, "not_certified", 500),
+        (0.8, 1, "certified", 600),
+        (0.0, 0, "undecided", 100_100),
+    ]
+    a = _adaptive(tmp_path / "a.tsv", a_rows, radius=0.5)
+    b = _fixed(tmp_path / "b.tsv", [0.3, 0.4, 0.49, 0.6, 0.9, 0.7, 0.1, 0.2], [1, 1, 1, 0, 1, 1, 1, 1], idx0=1)
+    return a, b
+
+
+def test_paired_comparison_against_a_hand_computation(tmp_path):
+    a, b = (A.read_certify_log(p) for p in _pair(tmp_path))
+    c = A.compare_logs(a, b, [0.25, 0.5])
+    assert c.examples == 6 and c.radii == [0.25, 0.5]
+    assert c.accuracy[0] is None  # a decision log says nothing at 0.25
+    d = c.accuracy[1]
+    assert d is not None
+    # d = (1, 1, 1, 0, 0, -1): mean 1/3; sample variance (4 - 6/9) / 5 = 2/3; SE = sqrt(2/3 / 6) = 1/3
+    assert (d.a, d.b) == (pytest.approx(4 / 6), pytest.approx(2 / 6))
+    assert d.difference == pytest.approx(1 / 3) and d.se == pytest.approx(1 / 3)
+    z = 1.959963984540054
+    assert (d.ci_low, d.ci_high) == (pytest.approx(1 / 3 - z / 3), pytest.approx(1 / 3 + z / 3))
+    # exact McNemar: 3 of 4 discordant favour A; two-sided p = 2 * P(X >= 3 | Bin(4, 1/2)) = 2 * 5/16
+    assert (d.a_only, d.b_only, d.mcnemar_p) == (3, 1, pytest.approx(10 / 16))
+    # passes on the common examples: A 200..600 and 100100, B 1100 each
+    assert c.passes_a is not None and c.passes_a.mean == pytest.approx((200 + 300 + 400 + 500 + 600 + 100_100) / 6)
+    assert c.passes_ratio == pytest.approx(1100 / c.passes_a.mean)
+    assert c.time_ratio == pytest.approx(2.0 / 0.1)
+    assert c.acr is None  # decision-mode logs have no ACR
+    # a max-radius log against the fixed one: paired ACR difference by hand
+    m_rows = [(0.0, 0, "not_certified", 10), (0.5, 1, "certified", 10)]  # idx 0 (A only), idx 1
+    m = A.read_certify_log(_adaptive(tmp_path / "m.tsv", m_rows, radius=None))
+    cm = A.compare_logs(m, b, [0.0])
+    assert cm.examples == 1 and cm.acr is not None and cm.acr.difference == pytest.approx(0.5 - 0.3)  # idx 1
+    with pytest.raises(ValueError, match="no example"):
+        A.compare_logs(a, A.read_certify_log(_fixed(tmp_path / "far.tsv", [0.1], [1], idx0=50)), [0.5])
+
+
+def test_paired_difference_matches_scipy():
+    """SE and interval against scipy's one-sample t machinery on the differences (normal quantile)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.random(200) < 0.6, rng.random(200) < 0.5
+    d = A.paired_difference(x, y)
+    diff = x.astype(float) - y.astype(float)
+    assert d.se == pytest.approx(st.sem(diff))
+    lo, hi = st.norm.interval(0.95, loc=diff.mean(), scale=st.sem(diff))
+    assert (d.ci_low, d.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+    assert d.mcnemar_p == pytest.approx(st.binomtest(int(np.sum(x & ~y)), int(np.sum(x ^ y))).pvalue)
+
+
+def test_compare_in_every_format(tmp_path, capsys):
+    import csv
+
+    a, b = _pair(tmp_path)
+    assert main(["analyze", a, "--compare", b, "--radii", "0.25,0.5", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["path"] for s in doc["certify"]] == [a, b]  # the baseline joins the table
+    (cmp,) = doc["compare"]
+    assert cmp["examples"] == 6 and cmp["certified_accuracy"][0] is None
+    assert cmp["certified_accuracy"][1]["difference"] == pytest.approx(1 / 3)
+    assert cmp["certified_accuracy"][1]["ci95"][0] == pytest.approx(1 / 3 - 1.959963984540054 / 3)
+    assert main(["analyze", a, "--compare", b, "--radii", "0.5"]) == 0
+    md = capsys.readouterr().out
+    assert "B/A passes" in md and "| +0.333 | 0.333 | [-0.320, +0.987] | 3 | 1 | 0.625 |" in md
+    assert main(["analyze", a, "--compare", b, "--radii", "0.5", "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert tex.count("\\toprule") == 4 and "95\\% CI" in tex and "$\\ell_2$ $r = 0.5$" in tex
+    assert main(["analyze", a, "--compare", b, "--radii", "0.5", "--format", "csv"]) == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    rows = list(csv.DictReader(blocks[1].splitlines()))
+    assert len(rows) == 1 and float(rows[0]["difference"]) == pytest.approx(1 / 3)
+    assert float(rows[0]["mcnemar_p"]) == pytest.approx(0.625)
+    summary_rows = list(csv.DictReader(blocks[0].splitlines()))
+    assert {r["passes_mean"] for r in summary_rows if r["mode"] == "fixed"} == {"1100.0"}
+
+
+def test_tables_and_plot_axis_are_labelled_with_the_norm(tmp_path, capsys, monkeypatch):
+    from smoothcert import plotting
+
+    l1 = _fixed(tmp_path / "l1.tsv", [0.2, 0.7], [1, 1], norm="l1")
+    linf = _fixed(tmp_path / "linf.tsv", [0.01, 0.02], [1, 0], norm="linf")
+    assert A.read_certify_log(l1).norm == "l1" and A.read_certify_log(l1).noise == "laplace"
+    assert main(["analyze", l1, "--radii", "0,0.5"]) == 0
+    assert "| log | n | L1 r = 0 | L1 r = 0.5 |" in capsys.readouterr().out
+    assert main(["analyze", linf, "--radii", "0.01", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["norm"] == "linf"
+    labels: list[str] = []
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: labels.append(fig.axes[0].get_xlabel()) or Path(path))
+    for log, _want in ((linf, "L∞ radius"), (l1, "L1 radius"), (str(CERT / next(iter(TABLE2))), "L2 radius")):
+        plotting.plot_certified_accuracy(A.summarize([A.read_certify_log(log)], [0.0, 0.5]), tmp_path / "p.png")
+    assert labels == ["L∞ radius", "L1 radius", "L2 radius"]
+
+
+def test_analyze_refuses_to_mix_norms(tmp_path, capsys):
+    l1 = _fixed(tmp_path / "l1.tsv", [0.2, 0.7], [1, 1], norm="l1")
+    l2 = _fixed(tmp_path / "l2.tsv", [0.2, 0.7], [1, 1])
+    out = tmp_path / "table.md"
+    for extra in ([], ["--plot", str(tmp_path / "p.png")], ["--format", "json"]):
+        assert main(["analyze", l1, l2, "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "different threat norms" in err and "Traceback" not in err
+    assert main(["analyze", l1, "--compare", l2]) == 2
+    assert "different threat norms" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "p.png").exists()
+    # positive control: the same norm twice is accepted
+    assert main(["analyze", l2, _fixed(tmp_path / "l2b.tsv", [0.1, 0.1], [1, 0]), "--out", str(out)]) == 0
+    assert out.exists()
+    with pytest.raises(ValueError, match="different threat norms"):
+        A.summarize([A.read_certify_log(l1), A.read_certify_log(l2)], [0.0])
+
+
+def test_bound_and_projection_refuse_logs_they_do_not_apply_to(tmp_path, capsys):
+    l1 = _fixed(tmp_path / "l1.tsv", [0.2, 0.7], [1, 1], norm="l1")
+    assert main(["analyze", l1, "--bound", "li"]) == 2
+    assert "Gaussian-noise L2" in capsys.readouterr().err
+    dec = _adaptive(tmp_path / "d.tsv", DECISION, radius=0.5)
+    assert main(["analyze", dec, "--project-n", "1000"]) == 2
+    assert "fixed-n logs" in capsys.readouterr().err
+
+
+def test_decision_and_capped_logs_plot_headless(tmp_path):
+    a, b = _pair(tmp_path)
+    m = _adaptive(tmp_path / "m.tsv", [(0.8, 1, "certified", 5000), (0.3, 1, "certified", 2000)], radius=None, cap=0.75)
+    plot = tmp_path / "p.png"
+    assert (
+        main(
+            ["analyze", a, b, m, "--plot", str(plot), "--envelope", "--high-prob", "0.01", "--out", str(tmp_path / "t")]
+        )
+        == 0
+    )
+    assert plot.read_bytes()[:4] == b"\x89PNG"
