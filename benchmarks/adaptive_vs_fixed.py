@@ -93,6 +93,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "progress": False,
         "data_dir": args.data_dir,
+        "pass_size": args.pass_size,
     }
     fixed_path, fixed_wall = _timed_run(
         RunConfig(command="certify", out=str(out / "fixed.tsv"), n0=args.n0, n=args.n, **common)
@@ -223,29 +224,25 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--radii", default="0.25,0.5,1.0")
     p.add_argument("--caps", default="2", help="radius caps in units of sigma")
-    p.add_argument("--json", help="write the figures here")
+    p.add_argument("--pass-size", type=int, help="fixed forward-pass size (default: measured; speed only)")
+    p.add_argument("--json", help="write the figures here (rewritten after each model)")
     args = p.parse_args()
     args.radii = [float(v) for v in args.radii.split(",") if v]
     args.caps = [float(v) for v in args.caps.split(",") if v]
     perf.tune_malloc()
     threads = perf.set_threads()
-    results = [bench_model(m, args) for m in args.models.split(",") if m]
-    text = markdown(results)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": f"{platform.processor() or platform.machine()}, {threads} torch threads, torch {torch.__version__}",
-                    "settings": {k: v for k, v in vars(args).items()},
-                    "results": results,
-                    "table": text,
-                },
-                indent=2,
+    results: list[dict[str, Any]] = []
+    for model in (m for m in args.models.split(",") if m):
+        results.append(bench_model(model, args))
+        text = markdown(results)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            machine = (
+                f"{platform.processor() or platform.machine()}, {threads} torch threads, torch {torch.__version__}"
             )
-            + "\n"
-        )
+            doc = {"machine": machine, "settings": dict(vars(args)), "results": results, "table": text}
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
