@@ -337,3 +337,68 @@ def test_train_config_rejects_unknown_methods_and_macer_without_gaussian_noise(t
         _config(fmnist, tmp_path, "macer", noise="laplace")
     with pytest.raises(ValueError, match="needs sigma > 0"):
         _config(fmnist, tmp_path, "consistency", sigma=0.0)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _train_cli(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(data),
+        "--arch",
+        "small_cnn",
+        "--sigma",
+        "0.5",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--train-limit",
+        "16",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def _one_line_error(capsys, args: list[str]) -> str:
+    from smoothcert.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_method_flags_reach_model_json_and_the_progress_bar_shows_the_terms(capsys, tmp_path, fmnist):
+    from smoothcert.cli import main
+
+    out = tmp_path / "m"
+    assert main(_train_cli(fmnist, out, "--method", "consistency", "--num-noise", "3", "--lbd", "5")) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["method"] == "consistency"
+    assert meta["method_params"] == {"m": 3, "lbd": 5.0, "eta": 0.5}  # eta: the paper's default
+    err = capsys.readouterr().err
+    assert "kl=" in err and "ent=" in err and "ce=" in err  # tqdm's postfix on stderr
+    assert main(_train_cli(fmnist, tmp_path / "g", "--quiet")) == 0
+    assert json.loads((tmp_path / "g" / "model.json").read_text())["method"] == "gaussian"
+    assert main(_train_cli(fmnist, tmp_path / "a", "--method", "smoothadv", "--epsilon", "0.5", "--quiet")) == 0
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["method_params"]["epsilon"] == 0.5
+
+
+def test_cli_unknown_method_or_foreign_flag_is_one_line(capsys, tmp_path, fmnist):
+    err = _one_line_error(capsys, _train_cli(fmnist, tmp_path / "x", "--method", "trades", "--quiet"))
+    assert "method must be one of gaussian, consistency, smoothadv, macer, got 'trades'" in err
+    err = _one_line_error(capsys, _train_cli(fmnist, tmp_path / "y", "--method", "macer", "--eta", "1", "--quiet"))
+    assert "--eta does not apply to method 'macer'" in err
+    err = _one_line_error(
+        capsys, _train_cli(fmnist, tmp_path / "z", "--method", "consistency", "--lbd", "-1", "--quiet")
+    )
+    assert "lbd must be a finite number >= 0" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
