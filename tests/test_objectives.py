@@ -402,3 +402,26 @@ def test_cli_unknown_method_or_foreign_flag_is_one_line(capsys, tmp_path, fmnist
     )
     assert "lbd must be a finite number >= 0" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["consistency", "smoothadv", "macer"])
+def test_every_method_trains_under_torchrun_with_ddp(tmp_path, fmnist, method):
+    """Two gloo processes: the objective runs on the DDP-wrapped network (SmoothAdv's attack on the module
+    inside, outside gradient sync), and a second run resumes the finished one."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "smoothcert"]
+    args = [*_train_cli(fmnist, out, "--method", method, "--quiet"), "--epochs", "2"]
+    if method == "macer":
+        args += ["--num-noise", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(2):
+        res = subprocess.run([*cmd, "--", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["epochs"] == 2 and meta["method"] == method
+    assert [r.split("\t")[0] for r in (out / "train_log.tsv").read_text().splitlines()[1:]] == ["1", "2"]
