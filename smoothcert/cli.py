@@ -1,4 +1,4 @@
-"""The ``smoothcert`` command line: train, certify, predict, analyze, visualize, demo.
+"""The ``smoothcert`` command line: train, train-denoiser, certify, predict, analyze, visualize, demo.
 
 Errors in what the user asked for (a missing data directory, an unknown architecture, a bad
 checkpoint, a conflicting resume, an out-of-range argument) print one line and exit with
@@ -39,6 +39,9 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--model", required=True, help="model directory written by 'smoothcert train'")
+    p.add_argument(
+        "--denoiser", help="denoiser directory ('smoothcert train-denoiser'): smooth MODEL(DENOISER(x + noise))"
+    )
     p.add_argument("--dataset", help="data set (default: the model's)")
     p.add_argument("--data-dir", help="data directory (default: the data set's; or $SMOOTHCERT_DATA)")
     p.add_argument("--split", default="test", choices=["train", "test", "val"], help="split (default: test)")
@@ -110,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise", choices=["gaussian", "laplace", "uniform"], default="gaussian", help="training noise")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="(default: on)")
     t.add_argument("--amp", choices=["bf16"], help="bf16 autocast for the forward pass (CUDA or a bf16 CPU)")
+    _add_method_args(t)
     t.set_defaults(func=_cmd_train)
+    _add_denoiser_parser(sub)
 
     for name, helptext in (
         ("certify", "CERTIFY every selected example of a split"),
@@ -225,6 +230,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         noise=args.noise,
         channels_last=args.channels_last,
         amp=args.amp,
+        method=args.method,
+        method_params=_method_params(args),
     )
     dist = DistContext.from_env(args.device)
     try:
@@ -236,6 +243,112 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"trained {meta['arch']} on {meta['dataset']} at sigma={meta['sigma']:g}: "
             f"clean accuracy {meta['clean_accuracy']:.4f}, noisy accuracy {meta['noisy_accuracy']:.4f} -> {args.out}"
         )
+    return 0
+
+
+# training-method flags: (flag dest, help); each maps to one hyperparameter of the methods it applies to
+_METHOD_FLAGS: dict[str, dict[str, str]] = {
+    "num_noise": {"consistency": "m", "smoothadv": "m", "macer": "k"},
+    "lbd": {"consistency": "lbd", "macer": "lbd"},
+    "eta": {"consistency": "eta"},
+    "epsilon": {"smoothadv": "epsilon"},
+    "attack_steps": {"smoothadv": "steps"},
+    "warmup": {"smoothadv": "warmup"},
+    "beta": {"macer": "beta"},
+    "margin": {"macer": "gamma"},
+}
+
+
+def _add_method_args(t: argparse.ArgumentParser) -> None:
+    g = t.add_argument_group("training method (defaults: the method's paper, per sigma)")
+    g.add_argument(
+        "--method",
+        default="gaussian",
+        help="gaussian (augmentation, the default), consistency (Jeong & Shin 2020), "
+        "smoothadv (Salman et al. 2019) or macer (Zhai et al. 2020)",
+    )
+    g.add_argument(
+        "--num-noise", type=_positive_int, help="noisy copies per example: m (consistency, smoothadv), k (macer)"
+    )
+    g.add_argument("--lbd", type=float, help="weight of the regularizer: consistency's lambda, macer's lambda")
+    g.add_argument("--eta", type=float, help="consistency: weight of the entropy term")
+    g.add_argument("--epsilon", type=float, help="smoothadv: L2 radius of the attack")
+    g.add_argument("--attack-steps", type=_positive_int, help="smoothadv: PGD steps")
+    g.add_argument("--warmup", type=int, help="smoothadv: epochs over which the radius grows from 0 to --epsilon")
+    g.add_argument("--beta", type=float, help="macer: inverse temperature of the soft smoothed classifier")
+    g.add_argument("--margin", type=float, help="macer: hinge margin gamma on the radius surrogate")
+
+
+def _method_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The method hyperparameters given on the command line; a flag the method does not take is an error."""
+    params: dict[str, Any] = {}
+    for dest, per_method in _METHOD_FLAGS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if args.method not in per_method:
+            flag = "--" + dest.replace("_", "-")
+            takers = ", ".join(per_method)
+            raise ValueError(f"{flag} does not apply to method {args.method!r} (it applies to: {takers})")
+        params[per_method[args.method]] = value
+    return params
+
+
+def _add_denoiser_parser(sub: Any) -> None:
+    d = sub.add_parser(
+        "train-denoiser", help="train a DnCNN denoiser in front of a frozen classifier (denoised smoothing)"
+    )
+    d.add_argument("--classifier", required=True, help="model directory of the frozen classifier")
+    d.add_argument("--sigma", type=float, required=True, help="noise level the denoiser removes")
+    d.add_argument("--objective", default="mse", help="mse (to the clean image) or stability (classifier's CE)")
+    d.add_argument("--out", required=True, help="run directory (resumed from its last epoch if it exists)")
+    d.add_argument("--epochs", type=_positive_int, default=90)
+    d.add_argument("--batch", type=_positive_int, default=128)
+    d.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    d.add_argument(
+        "--lr-step", type=_positive_int, default=30, help="multiply the lr by --gamma every this many epochs"
+    )
+    d.add_argument("--gamma", type=float, default=0.1)
+    d.add_argument("--depth", type=_positive_int, default=17, help="DnCNN convolutions (default: 17)")
+    d.add_argument("--width", type=_positive_int, default=64, help="DnCNN channels (default: 64)")
+    d.add_argument("--init", help="start from this denoiser (e.g. an MSE one, to fine-tune with stability)")
+    _add_device(d)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workers", type=int, default=0)
+    d.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
+    d.add_argument("--data-dir")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_train_denoiser)
+
+
+def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from .denoise import DenoiserConfig, train_denoiser
+
+    config = DenoiserConfig(
+        classifier=args.classifier,
+        sigma=args.sigma,
+        out=args.out,
+        objective=args.objective,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        lr_step=args.lr_step,
+        gamma=args.gamma,
+        depth=args.depth,
+        width=args.width,
+        init=args.init,
+        device=args.device,
+        seed=args.seed,
+        workers=args.workers,
+        train_limit=args.train_limit,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
+    meta = train_denoiser(config)
+    print(
+        f"trained a {meta['objective']} denoiser at sigma={meta['sigma']:g}: test mse {meta['test_mse']:.5f}, "
+        f"classifier accuracy on denoised noisy images {meta['test_noisy_accuracy']:.4f} -> {args.out}"
+    )
     return 0
 
 
@@ -274,6 +387,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         radius_cap=getattr(args, "radius_cap", None),
         radius_tol=getattr(args, "radius_tol", None),
         eval_label=getattr(args, "eval_label", False),
+        denoiser=args.denoiser,
     )
     dist = DistContext.from_env(args.device)
     try:
@@ -524,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smoothcert`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in {"train", "certify", "predict", "attack", "demo", "import"}:
+    if args.command in {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import"}:
         from .perf import set_threads, tune_malloc
 
         tuned = tune_malloc()

@@ -22,11 +22,14 @@ from torch import nn
 __all__ = [
     "ARCHITECTURES",
     "CheckpointError",
+    "DnCNN",
     "Normalize",
     "build_model",
     "checkpoint_sha256",
     "cifar_resnet",
+    "compose",
     "import_checkpoint",
+    "load_denoiser",
     "load_model",
     "save_model",
     "small_cnn",
@@ -149,6 +152,35 @@ def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> nn.
     blocks, 1x1-conv + BN shortcuts where the width or stride changes, global average pool, linear head.
     """
     return _CifarResNet(depth, num_classes, in_channels)
+
+
+class DnCNN(nn.Module):
+    """The DnCNN denoiser (Zhang et al. 2017), as used for denoised smoothing (Salman et al. 2020, Sec. 3).
+
+    ``depth`` 3x3 convolutions of ``width`` channels: conv + ReLU, ``depth - 2`` times conv + BN + ReLU,
+    then a conv back to ``channels``; it predicts the noise, so ``D(z) = z - net(z)`` (residual
+    learning). Works in pixel space, in front of a classifier that normalizes its own input.
+    """
+
+    def __init__(self, channels: int = 1, *, depth: int = 17, width: int = 64) -> None:
+        super().__init__()
+        if depth < 3:
+            raise ValueError(f"depth must be >= 3 for a DnCNN, got {depth}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.net(x)
+
+
+def compose(denoiser: nn.Module, classifier: nn.Module) -> nn.Module:
+    """``z -> classifier(denoiser(z))``, the base classifier of denoised smoothing (Salman et al. 2020)."""
+    return nn.Sequential(denoiser, classifier)
 
 
 _LEGACY_BLOCK = re.compile(r"^((?:\d+\.)?)layers\.(\d+)\.(.*)$")
@@ -306,6 +338,10 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     weights, meta_path = _checkpoint_paths(path)
     try:
         meta = json.loads(meta_path.read_text())
+        if meta.get("kind") == "denoiser":
+            raise CheckpointError(
+                f"{str(path)!r} is a denoiser, not a classifier; pass it with --denoiser (Python: load_denoiser)"
+            )
         model = build_model(
             meta["arch"],
             num_classes=int(meta["num_classes"]),
@@ -318,6 +354,28 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     try:
         state = upgrade_legacy_keys(str(meta["arch"]), load_file(str(weights), device=str(device)))
         model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None
+    model.to(device).eval()
+    return model, meta
+
+
+def load_denoiser(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a denoiser written by :func:`smoothcert.denoise.train_denoiser`; ``(denoiser, meta)`` in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta_path = _checkpoint_paths(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("kind") != "denoiser":
+            raise CheckpointError(f"{str(path)!r} is not a denoiser (train one with 'smoothcert train-denoiser')")
+        model = DnCNN(int(meta["input_shape"][0]), depth=int(meta["depth"]), width=int(meta["width"]))
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
+    try:
+        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None

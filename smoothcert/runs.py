@@ -83,6 +83,7 @@ class RunConfig:
     radius_cap: float | None = None
     radius_tol: float | None = None
     eval_label: bool = False  # sequential: bound the true label's probability, no selection
+    denoiser: str | None = None  # denoised smoothing: certify model(denoiser(.)) (Salman et al. 2020)
 
     def __post_init__(self) -> None:
         check_int("n0", self.n0)
@@ -123,8 +124,17 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     if config.amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         raise ValueError("amp 'bf16' on CPU needs native bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks")
     model, meta = load_model(config.model, device=device)
+    denoiser_meta: dict[str, Any] | None = None
+    if config.denoiser is not None:  # denoised smoothing: the base classifier is model(denoiser(z))
+        from .denoise import check_compatible, load_denoiser
+        from .models import compose
+
+        denoiser, denoiser_meta = load_denoiser(config.denoiser, device=device)
+        check_compatible(denoiser_meta, meta)
+        model = compose(denoiser, model).eval()
     dataset_name = config.dataset or meta["dataset"]
-    sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
+    default_sigma = float((denoiser_meta or meta)["sigma"])  # a denoiser's sigma is the one it was trained for
+    sigma = config.sigma if config.sigma is not None else default_sigma
     trained_noise = str(meta.get("noise", "gaussian"))
     noise = config.noise or trained_noise
     if noise != trained_noise:
@@ -140,6 +150,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     identity = {
         "command": config.command,
         "model_sha256": checkpoint_sha256(config.model),
+        **({"denoiser_sha256": checkpoint_sha256(config.denoiser)} if config.denoiser is not None else {}),
         "dataset": dataset_name,
         "split": config.split,
         "sigma": sigma,
@@ -178,6 +189,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "identity": identity,
         "config": asdict(config),
         "model": meta,
+        **({"denoiser": denoiser_meta} if denoiser_meta is not None else {}),
         "versions": versions(),
         "world_size": dist.world_size,
         "torch_threads": torch.get_num_threads(),

@@ -1,8 +1,9 @@
 """Training a base classifier under Gaussian data augmentation (paper Sec. 3.3, App. F; docs/statistics.md §9).
 
-Minimizes ``E_(x,y) E_eps CE(f(x + eps), y)`` with ``eps ~ N(0, sigma^2 I)`` drawn fresh for
-every example in every batch, after the data set's crops and flips and before the model's own
-normalization layer. SGD with a step schedule, the reference's defaults.
+By default minimizes ``E_(x,y) E_eps CE(f(x + eps), y)`` with ``eps ~ N(0, sigma^2 I)`` drawn fresh
+for every example in every batch, after the data set's crops and flips and before the model's own
+normalization layer. SGD with a step schedule, the reference's defaults. ``method`` picks another
+training objective (consistency, SmoothAdv, MACER; :mod:`smoothcert.objectives`), called once per batch.
 
 A run directory holds ``checkpoint.safetensors`` (the last finished epoch, for resuming: weights,
 optimizer state, and the run's identity and log rows in its metadata, replaced atomically),
@@ -18,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .devices import resolve_device
 from .distributed import DistContext
 from .models import build_model, save_model, upgrade_legacy_keys, versions
 from .noises import NOISES, make_noise
+from .objectives import METHODS, make_objective, resolve_params
 
 __all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "train"]
 
@@ -49,8 +51,11 @@ _IDENTITY = (
     "seed",
     "train_limit",
     "noise",
+    "method",
+    "method_params",
 )
-_ADDED_LATER = {"noise": "gaussian"}  # identity fields older checkpoints lack, with the value they implied
+# identity fields older checkpoints lack, with the value they implied
+_ADDED_LATER: dict[str, Any] = {"noise": "gaussian", "method": "gaussian", "method_params": {}}
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class TrainConfig:
     noise: str = "gaussian"
     channels_last: bool = True
     amp: str | None = None
+    method: str = "gaussian"
+    method_params: dict[str, Any] = field(default_factory=dict)  # completed with the paper's defaults
 
     def __post_init__(self) -> None:
         if self.sigma != 0:  # sigma = 0 trains an undefended baseline (e.g. for DeepFool)
@@ -94,6 +101,13 @@ class TrainConfig:
             raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be 'bf16' or None, got {self.amp!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "macer" and self.noise != "gaussian":
+            raise ValueError(f"method 'macer' needs gaussian noise (its radius is Gaussian's), got {self.noise!r}")
+        params = resolve_params(self.method, sigma=self.sigma, params=self.method_params)
+        object.__setattr__(self, "method_params", params)
+        make_objective(self.method, sigma=self.sigma, params=params)  # validates the values
 
 
 def evaluate(
@@ -307,6 +321,7 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         model = model.to(memory_format=torch.channels_last)  # speed only: same function, other kernels
     net: nn.Module = dist.wrap(model)
     noise = make_noise(config.noise, config.sigma) if config.sigma else None
+    objective = make_objective(config.method, sigma=config.sigma, params=config.method_params)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp == "bf16" else contextlib.nullcontext()
 
     if dist.is_main:
@@ -336,24 +351,25 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         net.train()
         seen = correct = 0
         loss_sum = 0.0
+        term_sums: dict[str, float] = {}
         bar = _progress(
             loader, config.progress and dist.is_main, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch"
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if noise is not None:  # fresh noise per example per batch, from this rank's own stream
-                x = x + noise.sample_(torch.empty_like(x), noise_gen)
-            with amp:
-                logits = net(x)
-                loss = nn.functional.cross_entropy(logits, y)
+            with amp:  # fresh noise per example per batch, from this rank's own stream
+                result = objective(net, x, y, noise=noise, generator=noise_gen, epoch=epoch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            result.loss.backward()
             optimizer.step()
             seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+            correct += int((result.scores.argmax(1) == y).sum())
+            loss_sum += float(result.loss.detach()) * len(y)
+            for name, value in result.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
             if bar is not loader:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                shown = {k: f"{v / seen:.3f}" for k, v in term_sums.items()} if len(term_sums) > 1 else {}
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **shown, acc=f"{correct / seen:.3f}")
         if dist.is_main:
             clean_acc, noisy_acc = evaluate(model, test_set, sigma=config.sigma, device=device, noise=config.noise)
             log.append(
@@ -384,6 +400,8 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
             "std": list(spec.std),
             "sigma": config.sigma,
             "noise": config.noise,
+            "method": config.method,
+            "method_params": config.method_params,
             "epochs": config.epochs,
             "clean_accuracy": clean_acc,
             "noisy_accuracy": noisy_acc,

@@ -1,0 +1,294 @@
+"""Denoised smoothing (Salman et al., NeurIPS 2020): a trained denoiser in front of a frozen classifier.
+
+Smoothing ``z -> f(D(z))`` certifies a classifier ``f`` that was never trained under noise: the
+denoiser ``D`` (a :class:`~smoothcert.models.DnCNN`) is trained at one ``sigma`` with ``f`` frozen,
+on one of the paper's objectives (Sec. 3.1):
+
+* ``mse``: ``E ||D(x + eps) - x||^2`` (mean over pixels), the classifier is not used;
+* ``stability``: ``E CE(f(D(x + eps)), f_hat(x))`` with ``f_hat(x) = argmax f(x)`` the classifier's
+  own label on the clean image (gradients flow through the frozen ``f`` into ``D``).
+
+``eps ~ N(0, sigma^2 I)`` in pixel space. A run directory holds ``checkpoint.safetensors`` (last
+finished epoch: weights, Adam state, identity and log in its metadata, replaced atomically; a rerun
+resumes it), ``train_log.tsv`` and at the end ``model.safetensors`` + ``model.json`` with
+``kind: denoiser`` and the classifier's sha256. :func:`load_denoiser` reads it back;
+:func:`smoothcert.models.compose` builds ``f(D(.))``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ._checks import check_int, check_sigma
+from .data import load_dataset
+from .devices import resolve_device
+from .models import DnCNN, checkpoint_sha256, compose, load_denoiser, load_model, save_model, versions
+from .noises import make_noise
+
+__all__ = [
+    "OBJECTIVES",
+    "DenoiserConfig",
+    "check_compatible",
+    "compose",
+    "denoiser_loss",
+    "load_denoiser",
+    "train_denoiser",
+]
+
+OBJECTIVES = ("mse", "stability")
+_LOG_HEADER = "epoch\tlr\ttrain_loss\ttest_mse\ttest_noisy_acc\ttime"
+_CKPT_KEY = "smoothcert_denoiser_checkpoint"
+# fields of DenoiserConfig that change the trained weights; a run resumes only if they agree
+_IDENTITY = ("sigma", "objective", "batch", "lr", "lr_step", "gamma", "depth", "width", "seed", "train_limit")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Settings of ``smoothcert train-denoiser``; Adam with a step schedule (Salman et al. 2020, App. A)."""
+
+    classifier: str
+    sigma: float
+    out: str
+    objective: str = "mse"
+    epochs: int = 90
+    batch: int = 128
+    lr: float = 1e-3
+    lr_step: int = 30
+    gamma: float = 0.1
+    depth: int = 17
+    width: int = 64
+    init: str | None = None  # start from this denoiser's weights (the paper fine-tunes MSE denoisers with stability)
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    train_limit: int | None = None
+    data_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_sigma(self.sigma)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("epochs", "batch", "lr_step", "width"):
+            check_int(name, getattr(self, name), 1)
+        check_int("depth", self.depth, 3)
+        check_int("workers", self.workers, 0)
+        check_int("seed", self.seed, 0)
+        if self.train_limit is not None:
+            check_int("train_limit", self.train_limit, 1)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+
+def check_compatible(denoiser_meta: dict[str, Any], classifier_meta: dict[str, Any]) -> None:
+    """Raise ValueError unless the denoiser's output shape is the classifier's input shape."""
+    d, c = list(denoiser_meta["input_shape"]), list(classifier_meta["input_shape"])
+    if d != c:
+        raise ValueError(
+            f"the denoiser takes inputs of shape {d} but the classifier takes {c}; they cannot be composed"
+        )
+
+
+def denoiser_loss(
+    objective: str,
+    denoiser: nn.Module,
+    classifier: nn.Module,
+    x: torch.Tensor,
+    noisy: torch.Tensor,
+) -> torch.Tensor:
+    """The batch loss of ``objective`` for clean ``x`` and noisy ``noisy = x + eps`` (see the module docstring)."""
+    denoised = denoiser(noisy)
+    if objective == "mse":
+        return F.mse_loss(denoised, x)
+    if objective == "stability":
+        with torch.no_grad():
+            target = classifier(x).argmax(1)
+        return F.cross_entropy(classifier(denoised), target)
+    raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+
+def _evaluate(
+    denoiser: nn.Module, classifier: nn.Module, dataset: Dataset[Any], *, sigma: float, device: torch.device
+) -> tuple[float, float]:
+    """Held-out MSE of ``D(x + eps)`` to ``x``, and accuracy of ``f(D(x + eps))``, for one fixed-seed draw."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    noise = make_noise("gaussian", sigma)
+    se = correct = total = pixels = 0.0
+    was = denoiser.training
+    denoiser.eval()
+    with torch.inference_mode():
+        for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            out = denoiser(x + noise.sample_(torch.empty_like(x), gen))
+            se += float(((out - x) ** 2).sum())
+            pixels += x.numel()
+            correct += int((classifier(out).argmax(1) == y).sum())
+            total += len(y)
+    denoiser.train(was)
+    return se / max(pixels, 1), correct / max(total, 1)
+
+
+def _commit(tmp: Path, dest: Path) -> None:
+    """Make ``tmp`` durable, then atomically rename it to ``dest``."""
+    import os
+
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+
+
+def _save_checkpoint(
+    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, identity: dict[str, Any], log: list[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    for i, per_param in state["state"].items():
+        for key, value in per_param.items():
+            tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {"epoch": epoch, "identity": identity, "log": log, "param_groups": state["param_groups"]}
+    tmp = out / "checkpoint.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
+    _commit(tmp, out / "checkpoint.safetensors")
+    log_tmp = out / "train_log.tsv.tmp"
+    log_tmp.write_text("\n".join([_LOG_HEADER, *log]) + "\n")
+    _commit(log_tmp, out / "train_log.tsv")
+
+
+def _load_checkpoint(
+    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
+) -> tuple[int, list[str]]:
+    from safetensors import safe_open
+
+    path = out / "checkpoint.safetensors"
+    if not path.exists():
+        return 0, []
+    with safe_open(str(path), framework="pt") as fh:
+        stored = (fh.metadata() or {}).get(_CKPT_KEY)
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if stored is None:
+        raise ValueError(f"{path} is not a smoothcert denoiser checkpoint; use another --out")
+    meta = json.loads(stored)
+    old = meta["identity"]
+    diff = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(f"{out} holds a denoiser run with a different configuration ({details}); use another --out")
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, key = k.split(".", 2)
+            per_param.setdefault(int(i), {})[key] = v
+    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+    return int(meta["epoch"]), [str(r) for r in meta["log"]]
+
+
+def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
+    """Train (or resume) a denoiser in front of the frozen classifier ``config.classifier``; returns its model.json."""
+    from .train import epoch_seeds
+
+    device = resolve_device(config.device)
+    classifier, cmeta = load_model(config.classifier, device=device)
+    classifier.requires_grad_(False)  # frozen, in eval mode
+    shape = [int(v) for v in cmeta["input_shape"]]
+    train_set: Dataset[Any] = load_dataset(cmeta["dataset"], "train", config.data_dir, augment=True)
+    test_set = load_dataset(cmeta["dataset"], "test", config.data_dir)
+    if config.train_limit is not None:
+        train_set = Subset(train_set, range(min(config.train_limit, len(train_set))))  # type: ignore[arg-type]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    denoiser = DnCNN(shape[0], depth=config.depth, width=config.width).to(device)
+    identity = {k: getattr(config, k) for k in _IDENTITY}
+    identity["classifier_sha256"] = checkpoint_sha256(config.classifier)
+    if config.init is not None:
+        init, init_meta = load_denoiser(config.init, device=device)
+        check_compatible(init_meta, cmeta)
+        if (int(init_meta["depth"]), int(init_meta["width"])) != (config.depth, config.width):
+            raise ValueError(
+                f"--init denoiser has depth {init_meta['depth']} and width {init_meta['width']}, "
+                f"but depth={config.depth} and width={config.width} were asked for"
+            )
+        denoiser.load_state_dict(init.state_dict())
+        identity["init_sha256"] = checkpoint_sha256(config.init)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr)
+    start, log = _load_checkpoint(out, denoiser, optimizer, identity)
+    if start > config.epochs:
+        raise ValueError(f"{out} already holds {start} trained epochs, more than epochs={config.epochs}")
+    noise = make_noise("gaussian", config.sigma)
+    test_mse = test_acc = float("nan")
+    for epoch in range(start + 1, config.epochs + 1):
+        began = time.perf_counter()
+        lr = config.lr * config.gamma ** ((epoch - 1) // config.lr_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seeds = epoch_seeds(config.seed, epoch)
+        torch.manual_seed(seeds.augment)
+        noise_gen = torch.Generator(device=device).manual_seed(seeds.noise)
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seeds.shuffle),
+            num_workers=config.workers,
+        )
+        denoiser.train()
+        seen, loss_sum = 0, 0.0
+        bar: Any = loader
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch")
+        for x, _ in bar:
+            x = x.to(device)
+            noisy = x + noise.sample_(torch.empty_like(x), noise_gen)
+            loss = denoiser_loss(config.objective, denoiser, classifier, x, noisy)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(x)
+            loss_sum += float(loss.detach()) * len(x)
+            if bar is not loader:
+                bar.set_postfix(**{config.objective: f"{loss_sum / seen:.4f}"})
+        test_mse, test_acc = _evaluate(denoiser, classifier, test_set, sigma=config.sigma, device=device)
+        log.append(
+            f"{epoch}\t{lr:.6g}\t{loss_sum / max(seen, 1):.6f}\t{test_mse:.6f}\t{test_acc:.6f}\t"
+            f"{time.perf_counter() - began:.3f}"
+        )
+        _save_checkpoint(out, denoiser, optimizer, epoch, identity, log)
+        if config.progress:
+            print(f"epoch {epoch}: loss {loss_sum / max(seen, 1):.4f}, test mse {test_mse:.5f}, acc {test_acc:.4f}")
+    if test_mse != test_mse:  # nothing left to train: evaluate the checkpoint
+        test_mse, test_acc = _evaluate(denoiser, classifier, test_set, sigma=config.sigma, device=device)
+    meta = {
+        "kind": "denoiser",
+        "arch": "dncnn",
+        "depth": config.depth,
+        "width": config.width,
+        "input_shape": shape,
+        "dataset": cmeta["dataset"],
+        "sigma": config.sigma,
+        "noise": "gaussian",
+        "objective": config.objective,
+        "epochs": config.epochs,
+        "classifier": str(config.classifier),
+        "classifier_sha256": identity["classifier_sha256"],
+        "test_mse": test_mse,
+        "test_noisy_accuracy": test_acc,
+        "train_config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "versions": versions(),
+    }
+    save_model(out, denoiser, meta)
+    return meta
