@@ -68,7 +68,7 @@ def _passes(log: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     d = a.astype(float) - b.astype(float)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"diff": float(d.mean()), "se": se, "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)]}
@@ -136,16 +136,18 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
                 "undecided": float((log["decision"] == "undecided").mean()),
             }
         )
-    for c in args.caps:
+    for c, tol in ((c, t) for c in args.caps for t in args.tols):
         cap = c * sigma
+        name = f"maxradius_cap{c:g}sigma" + ("" if tol is None else f"_tol{tol:g}sigma")
         path, wall = _timed_run(
             RunConfig(
                 command="certify",
-                out=str(out / f"maxradius_cap{c:g}sigma.tsv"),
+                out=str(out / f"{name}.tsv"),
                 n0=args.n0,
                 n=args.n,
                 adaptive=True,
                 radius_cap=cap,
+                radius_tol=None if tol is None else tol * sigma,
                 **common,
             )
         )
@@ -158,6 +160,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
             {
                 "cap": cap,
                 "cap_sigma": c,
+                "radius_tol_sigma": 0.01 if tol is None else tol,
                 "passes": _passes(log),
                 "wall_s": wall,
                 "pass_ratio": float(fixed["passes"].mean() / log["passes"].mean()),
@@ -203,7 +206,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         for m in res["max_radius"]:
             p = m["passes"]
             lines.append(
-                f"| {name} | max-radius, cap {m['cap']:g} | {p['mean']:,.0f} | {p['median']:,.0f} | {p['p99']:,.0f} | "
+                f"| {name} | max-radius, cap {m['cap']:g}, tol {m['radius_tol_sigma']:g}σ | {p['mean']:,.0f} | {p['median']:,.0f} | {p['p99']:,.0f} | "
                 f"{m['pass_ratio']:.1f}× | {res['fixed']['wall_s']:.0f} → {m['wall_s']:.1f} | "
                 f"ACR {m['acr_capped']:.3f} / {m['fixed_acr_capped']:.3f} | {100 * m['acr_relative_difference']:+.1f}% ACR |"
             )
@@ -224,11 +227,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--radii", default="0.25,0.5,1.0")
     p.add_argument("--caps", default="2", help="radius caps in units of sigma")
+    p.add_argument("--tols", default="", help="radius tolerances in units of sigma (default: the library's 0.01)")
     p.add_argument("--pass-size", type=int, help="fixed forward-pass size (default: measured; speed only)")
     p.add_argument("--json", help="write the figures here (rewritten after each model)")
     args = p.parse_args()
     args.radii = [float(v) for v in args.radii.split(",") if v]
     args.caps = [float(v) for v in args.caps.split(",") if v]
+    args.tols = [float(v) for v in args.tols.split(",") if v] or [None]
     perf.tune_malloc()
     threads = perf.set_threads()
     results: list[dict[str, Any]] = []

@@ -1,6 +1,7 @@
 """Sequential (early-stopping) certification: stage grids, error budgets and stopping rules on counts.
 
-No torch import: numbers and numpy arrays in and out, usable on simulated counts.
+No torch import: numbers and numpy arrays in and out, usable on simulated counts. The
+construction and its proof are written out in ``docs/sequential.md``.
 
 **Construction (a union bound over a grid fixed before sampling).** A :class:`Schedule` fixes,
 before any sample is drawn, cumulative sample sizes ``n_1 < n_2 < ... < n_K = n_max`` (doubling
