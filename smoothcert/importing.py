@@ -26,7 +26,6 @@ may be absent). The normalization layer is rebuilt from the data set's mean and 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import time
@@ -39,7 +38,15 @@ import torch
 from torch import nn
 
 from ._checks import check_sigma
-from .models import CheckpointError, RepeatChannels, build_model, save_model, upgrade_legacy_keys, versions
+from .models import (
+    CheckpointError,
+    RepeatChannels,
+    build_model,
+    save_model,
+    sha256_file,
+    upgrade_legacy_keys,
+    versions,
+)
 
 __all__ = ["FORMATS", "cached_weights_path", "import_checkpoint"]
 
@@ -48,14 +55,6 @@ FORMATS = ("cohen2019", "torch-state-dict", "safetensors", "torchvision-weights"
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _SCALAR_INFO = ("arch", "epoch", "dataset", "sigma", "noise_sd")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's convention: NAME-<sha256 prefix>.EXT
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -252,7 +251,7 @@ def import_checkpoint(
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(src)!r} does not exist")
 
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if weights_enum is not None:
         prefix = _hash_prefix(path)
         if prefix and not digest.startswith(prefix):

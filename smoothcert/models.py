@@ -315,16 +315,21 @@ def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return weights, meta
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of the weights file that :func:`load_model` reads for ``path`` (a directory or a file)."""
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     import hashlib
 
-    weights, _ = _checkpoint_paths(path)
     h = hashlib.sha256()
-    with weights.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of the weights file that :func:`load_model` reads for ``path`` (a directory or a file)."""
+    weights, _ = _checkpoint_paths(path)
+    return sha256_file(weights)
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

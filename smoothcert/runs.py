@@ -102,9 +102,19 @@ class RunConfig:
             check_int("pass_size", self.pass_size)
         if self.n_max is not None:
             check_int("n_max", self.n_max)
-        sequential = self.radius is not None or self.eval_label or self.radius_cap is not None
-        if sequential and not self.adaptive:
-            raise ValueError("radius, radius_cap and eval_label need adaptive=True (--adaptive)")
+        given = {
+            "radius": self.radius is not None,
+            "radius_cap": self.radius_cap is not None,
+            "radius_tol": self.radius_tol is not None,
+            "n_max": self.n_max is not None,
+            "beta": self.beta is not None,
+            "eval_label": self.eval_label,
+        }
+        if not self.adaptive and any(given.values()):
+            names = ", ".join(k for k, v in given.items() if v)
+            raise ValueError(f"{names} only apply to sequential certification: add adaptive=True (--adaptive)")
+        if self.radius is not None and (self.radius_cap is not None or self.radius_tol is not None):
+            raise ValueError("radius (decision mode) cannot be combined with radius_cap or radius_tol (max-radius)")
         if self.adaptive and self.command != "certify":
             raise ValueError("adaptive applies to certify only")
 
@@ -168,7 +178,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         identity["norm"] = config.norm
     if config.command == "certify":
         identity["n0"] = config.n0
-    n_max = config.n_max or config.n
+    n_max = (config.n_max or config.n) if config.adaptive else config.n
     if config.adaptive:
         identity.update(
             adaptive=True,

@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 
 from ._checks import check_int, check_sigma
 from .devices import eval_mode
+from .noises import Gaussian
 
 __all__ = ["GeneratorArg", "NoiseSampler", "check_generator_device", "plan_batches", "same_device", "sample_counts"]
 
@@ -50,16 +51,6 @@ class NoiseSampler(Protocol):
     """What the engine needs of a noise distribution: in-place float32 draws from a generator."""
 
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor: ...
-
-
-class _Gaussian:
-    """Isotropic Gaussian draws ``N(0, sigma^2)``; the engine's default noise."""
-
-    def __init__(self, sigma: float) -> None:
-        self.sigma = sigma
-
-    def sample_(self, out: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return out.normal_(0.0, self.sigma, generator=generator)
 
 
 def plan_batches(ns: Sequence[int], batch_size: int) -> Iterator[list[tuple[int, int]]]:
@@ -159,7 +150,7 @@ def sample_counts(
     """
     if (sigma is None) == (noise is None):
         raise ValueError("give exactly one of sigma= (Gaussian noise) or noise=")
-    sampler: NoiseSampler = _Gaussian(check_sigma(sigma)) if sigma is not None else noise  # type: ignore[assignment]
+    sampler: NoiseSampler = Gaussian(check_sigma(sigma)) if sigma is not None else noise  # type: ignore[assignment]
     batch_size = check_int("batch_size", batch_size)
     passes = batch_size if pass_size is None else min(check_int("pass_size", pass_size), batch_size)
     num_classes = check_int("num_classes", num_classes, 2)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._checks import check_int, check_sigma
 from .data import get_spec, load_dataset
-from .devices import resolve_device
+from .devices import eval_mode, resolve_device
 from .distributed import DistContext
 from .models import build_model, save_model, upgrade_legacy_keys, versions
 from .noises import NOISES, make_noise
@@ -125,16 +125,13 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(seed)
     clean = noisy = total = 0
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             clean += int((model(x).argmax(1) == y).sum())
             noisy_x = x + sampler.sample_(torch.empty_like(x), gen) if sampler is not None else x
             noisy += int((model(noisy_x).argmax(1) == y).sum())
             total += len(y)
-    model.train(was_training)
     return clean / max(total, 1), noisy / max(total, 1)
 
 

@@ -636,3 +636,22 @@ def test_adaptive_certify_resumes_with_identical_rows(tmp_path, model_dir, fmnis
     other = [*common[: common.index("--adaptive") + 1], "--radius", "0.75", *common[common.index("--n-max") :]]
     proc = _run_cli([*other, "--out", str(part)])
     assert proc.returncode == 2 and "different configuration" in proc.stderr and part.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"n_max": 5000}, "n_max only apply to sequential certification"),
+        ({"beta": 0.01, "radius_tol": 0.1}, "radius_tol, beta only apply to sequential certification"),
+        ({"eval_label": True}, "eval_label only apply"),
+        ({"adaptive": True, "radius": 0.5, "radius_cap": 1.0}, "cannot be combined with radius_cap"),
+        ({"adaptive": True, "command": "predict"}, "adaptive applies to certify only"),
+    ],
+)
+def test_sequential_settings_are_refused_where_they_would_be_ignored(kwargs, fragment):
+    from smoothcert.runs import RunConfig
+
+    args = {"command": "certify", "model": "m", "out": "o.tsv"} | kwargs
+    with pytest.raises(ValueError) as info:
+        RunConfig(**args)
+    assert fragment in str(info.value)
