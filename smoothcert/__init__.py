@@ -1,4 +1,4 @@
-"""smoothcert: provable L2 robustness certificates for any PyTorch classifier by randomized smoothing.
+"""smoothcert: provable robustness certificates for any PyTorch classifier by randomized smoothing.
 
 Implements PREDICT and CERTIFY of Cohen, Rosenfeld & Kolter (ICML 2019) with exact
 statistics (:mod:`smoothcert.stats`), a batched sampling engine (:mod:`smoothcert.sampling`)

@@ -1,4 +1,4 @@
-"""The ``smoothcert`` command line: train, train-denoiser, certify, predict, analyze, visualize, demo.
+"""The ``smoothcert`` command line: train, train-denoiser, certify, predict, analyze, attack, import, visualize, demo.
 
 Errors in what the user asked for (a missing data directory, an unknown architecture, a bad
 checkpoint, a conflicting resume, an out-of-range argument) print one line and exit with
@@ -85,10 +85,12 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothcert", description="Certified L2 robustness by randomized smoothing.")
+    parser = argparse.ArgumentParser(
+        prog="smoothcert", description="Certified robustness (L2, L1, Linf) by randomized smoothing."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a base classifier under Gaussian noise")
+    t = sub.add_parser("train", help="train a base classifier under noise (Gaussian augmentation or another --method)")
     t.add_argument("--dataset", required=True)
     t.add_argument(
         "--arch", required=True, help="small_cnn, cifar_resnet20, cifar_resnet110, resnet50 or a torchvision model"
