@@ -472,7 +472,7 @@ class SmoothedClassifier:
         on a doubling stage grid from ``n_first`` to ``n_max``; ``certified`` as soon as the
         stage's lower bound clears ``p*``. **Max-radius mode** (``radius=None``): the largest
         radius the samples support, stopping at ``radius_cap`` or when more samples cannot
-        raise it by more than ``radius_tol`` (default ``0.01 * sigma``).
+        raise it by more than ``radius_tol`` (default ``0.05 * sigma``).
 
         With probability at least ``1 - alpha`` a non-abstaining result is correct, whatever
         the stopping rule (union bound over the grid, :mod:`smoothcert.sequential`). ``beta``
@@ -561,7 +561,7 @@ class SmoothedClassifier:
             radius = _nonnegative("radius", radius)
         if radius_cap is not None:
             radius_cap = _nonnegative("radius_cap", radius_cap)
-        tol = 0.01 * self.sigma if radius_tol is None else _nonnegative("radius_tol", radius_tol)
+        tol = 0.05 * self.sigma if radius_tol is None else _nonnegative("radius_tol", radius_tol)
         gens = _per_input(generator, k)
         if labels is None:
             n0 = check_int("n0", n0)

@@ -77,7 +77,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         s.add_argument("--n-max", type=_positive_int, help="largest estimation sample (default: --n)")
         s.add_argument("--beta", type=float, help="futility level: affects power only (default: alpha)")
         s.add_argument("--radius-cap", type=float, help="max-radius mode: stop once this radius is certified")
-        s.add_argument("--radius-tol", type=float, help="max-radius: stop when more samples gain less")
+        s.add_argument("--radius-tol", type=float, help="max-radius: stop when more samples gain less (0.05 sigma)")
         s.add_argument("--eval-label", action="store_true", help="bound the true label's probability (no selection)")
     p.add_argument("--out", required=True, help="result TSV (resumed if it exists; FILE.json holds the configuration)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result file instead of resuming it")
