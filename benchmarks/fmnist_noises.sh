@@ -21,6 +21,8 @@ for s in 0.25 0.5 1; do
   $sc certify --model "$runs/model_sigma_$s" --norm linf "${common[@]}" --out "$out/linf_gaussian_$s.tsv"
 done
 $sc analyze "$out"/l1_{gaussian,laplace,uniform}_0.5.tsv --label gaussian --label laplace --label uniform \
-    --radii 0,0.25,0.5,0.75,1.0 --plot "$out/l1.png"
+    --radii 0,0.25,0.5,0.75,1.0
+$sc analyze "$out"/l1_{gaussian,laplace,uniform}_0.5.tsv --label gaussian --label laplace --label uniform \
+    --radii 0:1.25:0.01 --plot "$out/l1.png" > /dev/null
 $sc analyze "$out"/linf_gaussian_{0.25,0.5,1}.tsv --label "σ = 0.25" --label "σ = 0.5" --label "σ = 1" \
     --radii 0,0.00392156862745098,0.00784313725490196,0.01568627450980392
