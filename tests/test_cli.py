@@ -655,3 +655,18 @@ def test_sequential_settings_are_refused_where_they_would_be_ignored(kwargs, fra
     with pytest.raises(ValueError) as info:
         RunConfig(**args)
     assert fragment in str(info.value)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_change_of_precision(tmp_path, model_dir, fmnist):
+    from smoothcert.perf import cpu_supports_bf16
+
+    common = ["certify", "--model", str(model_dir), "--data-dir", str(fmnist), "--n", "50", "--max", "3", "--quiet"]
+    out = tmp_path / "c.tsv"
+    assert _run_cli([*common, "--out", str(out)]).returncode == 0
+    before = out.read_text()
+    proc = _run_cli([*common, "--amp", "bf16", "--out", str(out)])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    expected = "amp: None there, 'bf16' now" if cpu_supports_bf16() else "needs native bf16"
+    assert expected in proc.stderr, proc.stderr
+    assert out.read_text() == before
