@@ -43,11 +43,10 @@ class DemoSettings:
     skip: int
     alpha: float = 0.001
     batch: int = 1000
-    n_max: int = 10_000  # sequential certification's largest sample (max-radius mode, capped at RADII[-1])
 
 
 QUICK = DemoSettings(epochs=4, lr_step=3, n0=100, n=1_000, skip=20)
-FULL = DemoSettings(epochs=30, lr_step=10, n0=100, n=100_000, skip=1, n_max=100_000)
+FULL = DemoSettings(epochs=30, lr_step=10, n0=100, n=100_000, skip=1)
 
 
 def run_demo(
@@ -62,9 +61,6 @@ def run_demo(
     """Train ``small_cnn`` at each sigma, certify, and write ``table.md`` and ``certified_accuracy.png`` in ``out``.
 
     The table reports certified accuracy at :data:`RADII`; the plot draws it on a 0.01 grid.
-    Each model is certified twice on the same examples: fixed-n CERTIFY (``n``) and sequential
-    max-radius certification up to ``n_max`` samples, stopping at the table's largest radius;
-    ``table.md`` shows both, the second with its forward passes per example.
     """
     if len(sigmas) == 0:
         raise ValueError("sigmas must list at least one noise level, e.g. --sigmas 0.25,0.5,1, got none")
@@ -75,7 +71,7 @@ def run_demo(
     root.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     began = time.perf_counter()
-    logs, adaptive_logs, metas = [], [], []
+    logs, metas = [], []
     for sigma in sigmas:
         model_dir = root / f"model_sigma_{sigma:g}"
         t0 = time.perf_counter()
@@ -116,30 +112,6 @@ def run_demo(
         )
         print(f"[demo] sigma={sigma:g}: certified in {time.perf_counter() - t0:.0f} s -> {log_path}", flush=True)
         logs.append(analysis.read_certify_log(log_path))
-        t0 = time.perf_counter()
-        adaptive_path = run(
-            RunConfig(
-                command="certify",
-                model=str(model_dir),
-                out=str(root / f"certify_adaptive_sigma_{sigma:g}.tsv"),
-                data_dir=data_dir,
-                n0=settings.n0,
-                n=settings.n_max,
-                adaptive=True,
-                radius_cap=RADII[-1],
-                alpha=settings.alpha,
-                batch=settings.batch,
-                skip=settings.skip,
-                device=device,
-                channels_last=dev.type == "cpu",
-                progress=progress,
-            )
-        )
-        print(
-            f"[demo] sigma={sigma:g}: sequential certification in {time.perf_counter() - t0:.0f} s -> {adaptive_path}",
-            flush=True,
-        )
-        adaptive_logs.append(analysis.read_certify_log(adaptive_path))
         metas.append(meta)
     summaries = analysis.summarize(logs, RADII)
     table = analysis.format_markdown(summaries)
@@ -153,18 +125,13 @@ def run_demo(
         f"Fashion-MNIST, small_cnn, {settings.epochs} epochs; CERTIFY with n0 = {settings.n0}, n = {settings.n:,}, "
         f"alpha = {settings.alpha}, every {settings.skip}th test example ({logs[0].examples} examples).\n\n"
     )
-    adaptive_table = analysis.format_markdown(analysis.summarize(adaptive_logs, RADII))
-    header2 = (
-        f"\nThe same examples, sequential certification (max-radius mode, n_max = {settings.n_max:,}, "
-        f"stopping at radius {RADII[-1]:g}; same alpha):\n\n"
-    )
-    (root / "table.md").write_text(header + table + "\n" + clean + "\n" + header2 + adaptive_table)
+    (root / "table.md").write_text(header + table + "\n" + clean + "\n")
     from .plotting import plot_certified_accuracy
 
     fine = analysis.summarize(logs, plot_radii(max(float(np.max(log.radius, initial=0.0)) for log in logs)))
     plot = plot_certified_accuracy(
         fine, root / "certified_accuracy.png", envelope=True, title="Fashion-MNIST: certified accuracy (small_cnn)"
     )
-    print("\n" + header + table + "\n" + clean + "\n" + header2 + adaptive_table)
+    print("\n" + header + table + "\n" + clean)
     print(f"\n[demo] table: {root / 'table.md'}; plot: {plot}; total {elapsed:.0f} s")
     return summaries
