@@ -33,6 +33,7 @@ from .data import load_dataset
 from .devices import resolve_device
 from .models import DnCNN, checkpoint_sha256, compose, load_denoiser, load_model, save_model, versions
 from .noises import make_noise
+from .results import commit_file
 
 __all__ = [
     "OBJECTIVES",
@@ -137,15 +138,6 @@ def _evaluate(
     return se / max(pixels, 1), correct / max(total, 1)
 
 
-def _commit(tmp: Path, dest: Path) -> None:
-    """Make ``tmp`` durable, then atomically rename it to ``dest``."""
-    import os
-
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-
-
 def _save_checkpoint(
     out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, identity: dict[str, Any], log: list[str]
 ) -> None:
@@ -159,10 +151,10 @@ def _save_checkpoint(
     meta = {"epoch": epoch, "identity": identity, "log": log, "param_groups": state["param_groups"]}
     tmp = out / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
-    _commit(tmp, out / "checkpoint.safetensors")
+    commit_file(tmp, out / "checkpoint.safetensors")
     log_tmp = out / "train_log.tsv.tmp"
     log_tmp.write_text("\n".join([_LOG_HEADER, *log]) + "\n")
-    _commit(log_tmp, out / "train_log.tsv")
+    commit_file(log_tmp, out / "train_log.tsv")
 
 
 def _load_checkpoint(

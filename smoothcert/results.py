@@ -23,6 +23,7 @@ __all__ = [
     "PREDICT_COLUMNS",
     "ResultFileError",
     "ResultWriter",
+    "commit_file",
     "merge_parts",
     "read_resumable",
     "read_rows",
@@ -44,6 +45,25 @@ DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "succ
 
 class ResultFileError(ValueError):
     """A result file that cannot be continued as asked."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: Path, dest: Path) -> None:
+    """Make ``tmp`` durable, atomically rename it to ``dest``, and make the rename durable."""
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from .distributed import DistContext
 from .models import build_model, save_model, upgrade_legacy_keys, versions
 from .noises import NOISES, make_noise
 from .objectives import METHODS, make_objective, resolve_params
+from .results import commit_file
 
 __all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "train"]
 
@@ -181,30 +181,11 @@ def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> EpochSeeds:
     return EpochSeeds(shuffle=draw(0, 0), augment=draw(1, rank), noise=draw(2, rank))
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms that cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, dest: Path) -> None:
-    """Make ``tmp`` durable, then atomically rename it to ``dest``."""
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-
-
 def _write_log(out: Path, rows: list[str]) -> None:
     """Replace ``train_log.tsv`` with the header and ``rows`` (atomically: tmp file, then rename)."""
     tmp = out / "train_log.tsv.tmp"
     tmp.write_text("\n".join([_LOG_HEADER, *rows]) + "\n")
-    _commit(tmp, out / "train_log.tsv")
+    commit_file(tmp, out / "train_log.tsv")
 
 
 def _save_checkpoint(
@@ -227,7 +208,7 @@ def _save_checkpoint(
     meta = {"epoch": epoch, "config": {k: getattr(config, k) for k in _IDENTITY}, "log": log}
     tmp = out / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
-    _commit(tmp, out / "checkpoint.safetensors")
+    commit_file(tmp, out / "checkpoint.safetensors")
     (out / "checkpoint.json").unlink(missing_ok=True)  # a legacy two-file checkpoint's, now stale
     _write_log(out, log)
 
