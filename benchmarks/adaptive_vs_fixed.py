@@ -15,7 +15,7 @@ certified radius (ACR) of max-radius mode is compared with the fixed log's ACR w
 capped at the cap (radii above the cap are what the user said they do not care about).
 Forward passes per example are the logs' own counts (``n_used``; ``n0 + n`` for fixed).
 
-Every run goes through ``smoothcert.runs.run`` (the CLI's code path) and writes a normal,
+Every run goes through ``smoothcert.runs.certify.run`` (the CLI's code path) and writes a normal,
 resumable log under ``--out``; figures go to ``--json`` and a markdown table to stdout.
 
     python benchmarks/adaptive_vs_fixed.py --models runs/demo/model_sigma_0.25,runs/demo/model_sigma_0.5,runs/demo/model_sigma_1 \\
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothcert import perf
-from smoothcert.results import read_table
-from smoothcert.runs import RunConfig, run
+from smoothcert.io.logs import read_table
+from smoothcert.runs.certify import RunConfig, run
+from smoothcert.runtime import perf
 
 
 def _log(path: Path) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ In one run, on the same weights and inputs:
 
 **Peak.** The machine's matmul rate, ``2 m^3 / t`` for a square ``torch.mm`` of size ``m``
 (2048 on a CPU, 8192 on a GPU), best of ``--peak-repeats`` timings, in float32 and, where the
-device has native bf16 (:func:`smoothcert.perf.cpu_supports_bf16`, or CUDA), in bfloat16. It
+device has native bf16 (:func:`smoothcert.runtime.perf.cpu_supports_bf16`, or CUDA), in bfloat16. It
 is measured at the start and at the end of the run and the larger value is kept (a peak is an
 upper bound; a busy machine only lowers it).
 
@@ -17,11 +17,11 @@ per sample; its share of the peak is the figure to read.
 
 - ``old defaults``: ``SmoothedClassifier`` as before issue 14: forward passes of the whole
   batch (1000), contiguous layout, glibc's default ``malloc``, torch's default thread count.
-  Measured in a child process, because :func:`smoothcert.perf.tune_malloc` is process-wide and
+  Measured in a child process, because :func:`smoothcert.runtime.perf.tune_malloc` is process-wide and
   cannot be undone.
-- ``new defaults``: :func:`~smoothcert.perf.tune_malloc`, :func:`~smoothcert.perf.set_threads`,
+- ``new defaults``: :func:`~smoothcert.runtime.perf.tune_malloc`, :func:`~smoothcert.runtime.perf.set_threads`,
   a channels-last copy of the model, ``channels_last=True`` and ``pass_size="auto"`` (measured by
-  :func:`~smoothcert.perf.choose_pass_size`, at most the batch).
+  :func:`~smoothcert.runtime.perf.choose_pass_size`, at most the batch).
 - ``new + bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)``, where supported.
 
 Each row times, interleaved in rounds (rotated order, after one warm-up of each):
@@ -63,9 +63,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from smoothcert import SmoothedClassifier, stats
-from smoothcert.models import build_model
-from smoothcert.perf import choose_pass_size, cpu_supports_bf16, set_threads, tune_malloc
+from smoothcert import SmoothedClassifier
+from smoothcert.core import stats
+from smoothcert.models.architectures import build_model
+from smoothcert.runtime.perf import choose_pass_size, cpu_supports_bf16, set_threads, tune_malloc
 
 SHAPES = {
     "small_cnn": (1, 28, 28),
@@ -319,8 +320,8 @@ def peak_memory(arch: str, n: int, batch: int, device: str) -> dict[str, Any]:
     code = f"""
 import resource, torch, json
 from smoothcert import SmoothedClassifier
-from smoothcert.models import build_model
-from smoothcert.perf import set_threads, tune_malloc
+from smoothcert.models.architectures import build_model
+from smoothcert.runtime.perf import set_threads, tune_malloc
 tune_malloc(); set_threads()
 shape = {SHAPES[arch]!r}
 m = build_model({arch!r}, num_classes=10, in_channels=shape[0], mean=[0.5]*shape[0], std=[0.25]*shape[0]).to({device!r}).eval()

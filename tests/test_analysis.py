@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from smoothcert import analysis as A
-from smoothcert import stats as S
-from smoothcert.cli import main
-from smoothcert.results import ADAPTIVE_COLUMNS, CERTIFY_COLUMNS
+from smoothcert.cli.main import main
+from smoothcert.core import stats as S
+from smoothcert.evaluation import analysis as A
+from smoothcert.io.logs import ADAPTIVE_COLUMNS, CERTIFY_COLUMNS
 
 DATA = Path(__file__).parent / "data" / "cohen2019"
 CERT = DATA / "certify"
@@ -212,7 +212,7 @@ def test_plots_render_headless(tmp_path, suffix):
     logs = [str(CERT / name) for name in TABLE2]
     plot = tmp_path / f"acc{suffix}"
     code = (
-        "import sys; from smoothcert.cli import main; "
+        "import sys; from smoothcert.cli.main import main; "
         f"rc = main(['analyze', *{logs!r}, '--plot', {str(plot)!r}, '--envelope', '--high-prob', '0.001', "
         f"'--bounds-plot', {str(tmp_path / ('b' + suffix))!r}, "
         f"'--max-radius-plot', {str(tmp_path / ('m' + suffix))!r}]); "
@@ -477,7 +477,7 @@ def test_compare_in_every_format(tmp_path, capsys):
 
 
 def test_tables_and_plot_axis_are_labelled_with_the_norm(tmp_path, capsys, monkeypatch):
-    from smoothcert import plotting
+    from smoothcert.evaluation import plotting
 
     l1 = _fixed(tmp_path / "l1.tsv", [0.2, 0.7], [1, 1], norm="l1")
     linf = _fixed(tmp_path / "linf.tsv", [0.01, 0.02], [1, 0], norm="linf")

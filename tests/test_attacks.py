@@ -11,9 +11,9 @@ import torch
 from oracles import LinearBinary
 from synthdata import write_idx_dataset
 
-from smoothcert.analysis import empirical_robust_accuracy
-from smoothcert.attacks import deepfool, smoothed_pgd
-from smoothcert.cli import main
+from smoothcert.cli.main import main
+from smoothcert.evaluation.analysis import empirical_robust_accuracy
+from smoothcert.evaluation.attacks import deepfool, smoothed_pgd
 
 X = torch.tensor([[1.0, 0.0], [0.2, 0.1], [-0.5, 0.5], [0.6, 0.3]])
 
@@ -97,8 +97,8 @@ def test_deepfool_leaves_batch_norm_statistics_and_train_mode_alone():
 
 
 def test_attack_summary_groups_by_the_radii_asked_for(tmp_path):
-    from smoothcert.attack_runs import summarize_attack
-    from smoothcert.results import ATTACK_COLUMNS
+    from smoothcert.io.logs import ATTACK_COLUMNS
+    from smoothcert.runs.attack import summarize_attack
 
     # two examples certified at 0.2 and 0.4, each attacked at absolute radii 0.5 and 1.0
     rows = [

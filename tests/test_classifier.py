@@ -12,7 +12,7 @@ from oracles import ThresholdClasses
 from scipy import stats as st
 
 from smoothcert import ABSTAIN, AdaptiveCertificate, Certificate, Prediction, SmoothedClassifier, SmoothingWarning
-from smoothcert import stats as S
+from smoothcert.core import stats as S
 
 
 def _tolerance(runs: int, alpha: float) -> int:
@@ -328,7 +328,7 @@ def _at_distance(d: float, runs: int) -> torch.Tensor:
 
 
 def _naive(monkeypatch):
-    from smoothcert import sequential
+    from smoothcert.core import sequential
 
     real = sequential.make_schedule
 
@@ -478,7 +478,7 @@ def test_unsupported_noise_norm_pairs_are_refused():
         SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="linf")
     with pytest.raises(ValueError, match="noise must be one of"):
         SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="cauchy")
-    from smoothcert.noises import Laplace
+    from smoothcert.smoothing.noises import Laplace
 
     with pytest.raises(ValueError, match=r"noise has sigma=0\.25 but sigma=0\.5"):
         SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=Laplace(0.25))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from synthdata import write_cifar10, write_idx_dataset
 
-from smoothcert.cli import main
-from smoothcert.results import CERTIFY_COLUMNS, PREDICT_COLUMNS
+from smoothcert.cli.main import main
+from smoothcert.io.logs import CERTIFY_COLUMNS, PREDICT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -535,7 +535,7 @@ def _certify_args(model: Path | str, fmnist: Path, out: Path, *extra: str) -> li
 
 def _writes(monkeypatch) -> list[int]:
     """Record how many rows each ResultWriter.write call appends."""
-    from smoothcert.results import ResultWriter
+    from smoothcert.io.logs import ResultWriter
 
     sizes: list[int] = []
     original = ResultWriter.write
@@ -649,7 +649,7 @@ def test_adaptive_certify_resumes_with_identical_rows(tmp_path, model_dir, fmnis
     ],
 )
 def test_sequential_settings_are_refused_where_they_would_be_ignored(kwargs, fragment):
-    from smoothcert.runs import RunConfig
+    from smoothcert.runs.certify import RunConfig
 
     args = {"command": "certify", "model": "m", "out": "o.tsv"} | kwargs
     with pytest.raises(ValueError) as info:
@@ -659,7 +659,7 @@ def test_sequential_settings_are_refused_where_they_would_be_ignored(kwargs, fra
 
 @pytest.mark.slow
 def test_resume_refuses_a_change_of_precision(tmp_path, model_dir, fmnist):
-    from smoothcert.perf import cpu_supports_bf16
+    from smoothcert.runtime.perf import cpu_supports_bf16
 
     common = ["certify", "--model", str(model_dir), "--data-dir", str(fmnist), "--n", "50", "--max", "3", "--quiet"]
     out = tmp_path / "c.tsv"

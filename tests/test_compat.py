@@ -1,4 +1,4 @@
-"""smoothcert.compat.Smooth keeps the 2019 reference call signatures, return types and statistics."""
+"""smoothcert.smoothing.compat.Smooth keeps the 2019 reference call signatures, return types and statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scipy import stats as sp_stats
 from statsmodels.stats.proportion import proportion_confint
 
 from smoothcert import SmoothedClassifier
-from smoothcert.compat import Smooth
+from smoothcert.smoothing.compat import Smooth
 
 
 def test_reference_signatures_and_types(linear_model):

@@ -1,4 +1,4 @@
-"""smoothcert.data reads each standard on-disk format, from synthetic files in that format."""
+"""smoothcert.io.data reads each standard on-disk format, from synthetic files in that format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from synthdata import write_cifar10, write_idx_dataset, write_imagefolder, write_svhn
 
-from smoothcert.data import DATASETS, DatasetNotFoundError, get_spec, load_dataset, resolve_dir
+from smoothcert.io.data import DATASETS, DatasetNotFoundError, get_spec, load_dataset, resolve_dir
 
 
 def _check(ds, n, shape, classes):

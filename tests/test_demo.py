@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothcert import demo, plotting
-from smoothcert.results import CERTIFY_COLUMNS
+from smoothcert.evaluation import plotting
+from smoothcert.io.logs import CERTIFY_COLUMNS
+from smoothcert.runs import demo
 
 
 def _fake_log(path: Path, seed: int) -> Path:

@@ -10,12 +10,13 @@ import pytest
 import torch
 from synthdata import write_idx_dataset
 
-import smoothcert.train as T
-from smoothcert.cli import main
-from smoothcert.data import load_dataset
-from smoothcert.denoise import denoiser_loss, load_denoiser
-from smoothcert.models import DnCNN, checkpoint_sha256, compose, load_model, save_model
-from smoothcert.noises import make_noise
+import smoothcert.training.loop as T
+from smoothcert.cli.main import main
+from smoothcert.io.checkpoints import checkpoint_sha256, load_model, save_model
+from smoothcert.io.data import load_dataset
+from smoothcert.models.denoisers import DnCNN, compose
+from smoothcert.smoothing.noises import make_noise
+from smoothcert.training.denoiser import denoiser_loss, load_denoiser
 
 SIGMA = 0.25
 

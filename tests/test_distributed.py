@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from synthdata import write_idx_dataset
 
-from smoothcert.cli import main
+from smoothcert.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,8 +151,8 @@ def test_torchrun_trains_with_ddp(setup):
 def test_overwrite_under_torchrun_replaces_the_sidecar(setup, tmp_path):
     """Rank 0 of a 2-process --overwrite run (the other rank's part simply missing): the merged
     log must carry the new identity, not the sidecar of the log it replaced."""
-    from smoothcert.distributed import DistContext
-    from smoothcert.runs import RunConfig, run
+    from smoothcert.runs.certify import RunConfig, run
+    from smoothcert.runtime.distributed import DistContext
 
     root, data = setup
     out = tmp_path / "c.tsv"

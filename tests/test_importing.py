@@ -21,9 +21,12 @@ from safetensors.torch import save_file
 from synthdata import write_cifar10
 from torch import nn
 
-from smoothcert import importing
-from smoothcert.cli import main
-from smoothcert.models import CheckpointError, build_model, import_checkpoint, load_model
+from smoothcert.cli.main import main
+from smoothcert.core.errors import CheckpointError
+from smoothcert.io import importing
+from smoothcert.io.checkpoints import load_model
+from smoothcert.io.importing import import_checkpoint
+from smoothcert.models.architectures import build_model
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -1,4 +1,4 @@
-"""Tests for smoothcert.noises: samplers (distribution, std, reproducibility, in place) and API."""
+"""Tests for smoothcert.smoothing.noises: samplers (distribution, std, reproducibility, in place) and API."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats as st
 
-from smoothcert import noises as N
-from smoothcert import radii as R
+from smoothcert.core import radii as R
+from smoothcert.smoothing import noises as N
 
 SIGMA = 0.5
 N_DRAWS = 200_000

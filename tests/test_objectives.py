@@ -14,9 +14,9 @@ from scipy.stats import norm
 from synthdata import write_idx_dataset
 from torch import nn
 
-import smoothcert.train as T
-from smoothcert.noises import make_noise
-from smoothcert.objectives import (
+import smoothcert.training.loop as T
+from smoothcert.smoothing.noises import make_noise
+from smoothcert.training.objectives import (
     Consistency,
     GaussianAugmentation,
     Macer,
@@ -368,7 +368,7 @@ def _train_cli(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _one_line_error(capsys, args: list[str]) -> str:
-    from smoothcert.cli import main
+    from smoothcert.cli.main import main
 
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -377,7 +377,7 @@ def _one_line_error(capsys, args: list[str]) -> str:
 
 
 def test_cli_method_flags_reach_model_json_and_the_progress_bar_shows_the_terms(capsys, tmp_path, fmnist):
-    from smoothcert.cli import main
+    from smoothcert.cli.main import main
 
     out = tmp_path / "m"
     assert main(_train_cli(fmnist, out, "--method", "consistency", "--num-noise", "3", "--lbd", "5")) == 0

@@ -1,4 +1,4 @@
-"""smoothcert.perf: allocator tuning (a page-fault count, not a timing), threads, pass-size probe."""
+"""smoothcert.runtime.perf: allocator tuning (a page-fault count, not a timing), threads, pass-size probe."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from smoothcert import perf
+from smoothcert.runtime import perf
 
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "1":
-    from smoothcert.perf import tune_malloc
+    from smoothcert.runtime.perf import tune_malloc
     assert tune_malloc()
 torch.set_num_threads(1)
 conv = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1))

@@ -1,4 +1,4 @@
-"""Tests for smoothcert.radii: closed forms, Neyman–Pearson integration, inverses, soundness.
+"""Tests for smoothcert.core.radii: closed forms, Neyman–Pearson integration, inverses, soundness.
 
 Reference values are computed independently here: scipy.stats quantiles, scipy.integrate
 quadrature of the two shifted densities, a grid Neyman–Pearson computation in 2-d, and
@@ -19,8 +19,8 @@ import pytest
 from scipy import integrate, optimize
 from scipy import stats as st
 
-from smoothcert import radii as R
-from smoothcert.stats import clopper_pearson_lower
+from smoothcert.core import radii as R
+from smoothcert.core.stats import clopper_pearson_lower
 
 SIGMA = 0.7
 B = SIGMA / math.sqrt(2)  # Laplace scale
@@ -45,7 +45,7 @@ def dist1d(noise: str) -> st.rv_continuous:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, smoothcert.radii; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, smoothcert.core.radii; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -77,7 +77,7 @@ def test_gaussian_closed_forms() -> None:
 
 
 def test_gaussian_matches_cohen_radius() -> None:
-    from smoothcert.stats import cohen_radius
+    from smoothcert.core.stats import cohen_radius
 
     np.testing.assert_allclose(
         R.radius("gaussian", P, sigma=SIGMA, norm="l2"), cohen_radius(P, sigma=SIGMA), rtol=1e-14

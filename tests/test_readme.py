@@ -42,7 +42,7 @@ def test_readme_torchrun_lines_parse_with_torchruns_own_parser():
 
     from torch.distributed.run import get_args_parser
 
-    from smoothcert.cli import build_parser
+    from smoothcert.cli.main import build_parser
 
     lines = _torchrun_lines()
     assert lines, "the README shows how to run under torchrun"

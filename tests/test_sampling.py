@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats as st
 
-from smoothcert.sampling import plan_batches, sample_counts
+from smoothcert.smoothing.engine import plan_batches, sample_counts
 
 
 class Recorder(torch.nn.Module):
@@ -209,7 +209,7 @@ def test_per_input_sample_sizes_and_zero():
 
 
 def test_generator_on_another_device_index_is_refused():
-    from smoothcert.sampling import same_device
+    from smoothcert.smoothing.engine import same_device
 
     assert same_device(torch.device("cpu"), torch.device("cpu"))
     assert not same_device(torch.device("cuda", 0), torch.device("cuda", 1))  # the old check compared types only

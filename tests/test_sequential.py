@@ -1,4 +1,4 @@
-"""smoothcert.sequential: stage grids and stopping rules on simulated binomial counts (no torch).
+"""smoothcert.core.sequential: stage grids and stopping rules on simulated binomial counts (no torch).
 
 Validity is tested at the hardest null, pA equal to the threshold p*, where a valid rule
 certifies with probability at most alpha. Each simulation draws R runs; the number of false
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from smoothcert import sequential as sq
-from smoothcert import stats as S
+from smoothcert.core import sequential as sq
+from smoothcert.core import stats as S
 
 RUNS = 20_000
 
@@ -161,5 +161,5 @@ def test_max_radius_step_keeps_the_best_bound_and_stops_at_the_cap():
 
 
 def test_module_imports_no_torch():
-    code = "import sys, smoothcert.sequential; assert 'torch' not in sys.modules"
+    code = "import sys, smoothcert.core.sequential; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""smoothcert.stats against scipy, statsmodels and closed forms (docs/statistics.md §2–§7)."""
+"""smoothcert.core.stats against scipy, statsmodels and closed forms (docs/statistics.md §2–§7)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as st
 from statsmodels.stats.proportion import proportion_confint
 
-from smoothcert import stats as S
+from smoothcert.core import stats as S
 
 NS = [1, 2, 3, 7, 10, 100, 1000]
 ALPHAS = [0.001, 0.01, 0.05, 0.2]
@@ -29,7 +29,7 @@ GRID = list(_grid())
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, smoothcert.stats, smoothcert; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, smoothcert.core.stats, smoothcert; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -13,8 +13,8 @@ import torch
 from synthdata import write_idx_dataset
 from torch.utils.data import SequentialSampler
 
-import smoothcert.train as T
-from smoothcert.distributed import DistContext
+import smoothcert.training.loop as T
+from smoothcert.runtime.distributed import DistContext
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """The smoothed classifier ``g(x) = argmax_c P(f(x + eps) = c)``, eps ~ N(0, sigma^2 I) by default.
 
-Other noise distributions (:mod:`smoothcert.noises`: Laplace, uniform) and threat norms (L1,
+Other noise distributions (:mod:`smoothcert.smoothing.noises`: Laplace, uniform) and threat norms (L1,
 L2, L-infinity) plug in through ``noise=`` and ``norm=``; the certified radius is then the
-noise's radius for that norm (:mod:`smoothcert.radii`).
+noise's radius for that norm (:mod:`smoothcert.core.radii`).
 
-:class:`SmoothedClassifier` combines the sampling engine (:mod:`smoothcert.sampling`) with
-the exact statistics (:mod:`smoothcert.stats`) into PREDICT and CERTIFY of Cohen, Rosenfeld &
+:class:`SmoothedClassifier` combines the sampling engine (:mod:`smoothcert.smoothing.engine`) with
+the exact statistics (:mod:`smoothcert.core.stats`) into PREDICT and CERTIFY of Cohen, Rosenfeld &
 Kolter (ICML 2019), Sec. 3.2.
 
 **Input space.** ``sigma`` is measured in the space the inputs are given in. Give images as
@@ -16,156 +16,27 @@ never clipped to ``[0, 1]``, since clipping would change the smoothing distribut
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from . import sequential, stats
-from ._checks import check_alpha, check_int, check_sigma
-from .noises import Noise, make_noise
-from .sampling import GeneratorArg, sample_counts
+from smoothcert.core import sequential, stats
+from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.smoothing.certificates import (
+    ABSTAIN,
+    AdaptiveCertificate,
+    Certificate,
+    Prediction,
+    SmoothingWarning,
+    warn_once,
+)
+from smoothcert.smoothing.engine import GeneratorArg, sample_counts
+from smoothcert.smoothing.noises import Noise, make_noise
 
 __all__ = ["ABSTAIN", "AdaptiveCertificate", "Certificate", "Prediction", "SmoothedClassifier", "SmoothingWarning"]
-
-ABSTAIN: int = -1
-"""Label returned when PREDICT or CERTIFY abstains."""
-
-
-class SmoothingWarning(UserWarning):
-    """A setting with which the smoothed classifier can never answer."""
-
-
-def _warn_once(warned: set[tuple[str, int, float]], kind: str, n: int, alpha: float, message: str) -> None:
-    """Warn once per ``(kind, n, alpha)`` and per ``warned`` registry (one per SmoothedClassifier)."""
-    key = (kind, n, alpha)
-    if key not in warned:
-        warned.add(key)
-        warnings.warn(message, SmoothingWarning, stacklevel=3)
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """Result of CERTIFY for one input.
-
-    With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
-    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2).
-
-    Attributes:
-        label: the certified class, or ``ABSTAIN`` (-1).
-        radius: ``sigma * Phi^-1(p_lower)``; ``0.0`` when abstaining.
-        p_lower: one-sided ``1 - alpha`` Clopper–Pearson lower bound on ``pA``.
-        count: votes for the selected class among the ``n`` estimation samples.
-        n: number of estimation samples.
-        n0: number of selection samples.
-        alpha: failure probability.
-        sigma: noise level (per-coordinate standard deviation).
-        selected: the class picked by the ``n0`` selection samples (also when abstaining).
-        norm: the threat norm the radius is measured in (``l2`` by default).
-        noise: the smoothing noise's name (``gaussian`` by default).
-    """
-
-    label: int
-    radius: float
-    p_lower: float
-    count: int
-    n: int
-    n0: int
-    alpha: float
-    sigma: float
-    selected: int
-    norm: str = "l2"
-    noise: str = "gaussian"
-
-    @property
-    def abstained(self) -> bool:
-        """True when CERTIFY abstained (``p_lower <= 1/2``)."""
-        return self.label == ABSTAIN
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Result of PREDICT for one input.
-
-    With probability at least ``1 - alpha``, a returned label equals ``g(x)`` (Prop. 1).
-
-    Attributes:
-        label: the predicted class, or ``ABSTAIN`` (-1).
-        count: votes for the top class among the ``n`` samples.
-        runner_up_count: votes for the second class.
-        n: number of samples.
-        pvalue: two-sided binomial p-value of ``count`` out of ``count + runner_up_count``.
-        alpha: significance level; the label is returned iff ``pvalue <= alpha``.
-    """
-
-    label: int
-    count: int
-    runner_up_count: int
-    n: int
-    pvalue: float
-    alpha: float
-
-    @property
-    def abstained(self) -> bool:
-        """True when PREDICT abstained (``pvalue > alpha``)."""
-        return self.label == ABSTAIN
-
-
-@dataclass(frozen=True)
-class AdaptiveCertificate:
-    """Result of sequential CERTIFY (:meth:`SmoothedClassifier.certify_adaptive`) for one input.
-
-    With probability at least ``1 - alpha`` over the sampling, whatever stopping rule ran: if
-    ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta||_2 < radius``
-    (construction and proof sketch: :mod:`smoothcert.sequential`).
-
-    Attributes:
-        label: the certified class, or ``ABSTAIN`` (-1).
-        radius: the certified radius (0.0 when abstaining); in decision mode it is ``> radius_tested``.
-        decision: ``certified``, ``not_certified`` (stopped early: futility) or ``undecided`` (``n_max`` reached).
-        n_used: every forward pass spent on this input, selection included.
-        stage: the last stage run (1-based).
-        p_lower: the lower bound on ``pA`` behind ``radius`` (level ``alpha`` over all stages).
-        p_upper: the last stage's futility upper bound on ``pA`` (level ``beta``).
-        count: votes for the selected class among the ``n`` estimation samples.
-        n: estimation samples drawn.
-        n0: selection samples (0 in evaluation mode, ``label=`` given).
-        alpha: failure probability of the certificate.
-        beta: futility level (affects power only).
-        sigma: noise level.
-        selected: the class whose probability was bounded.
-        radius_tested: the radius ``r`` of decision mode, ``None`` in max-radius mode.
-        norm: the threat norm of ``radius``.
-        noise: the smoothing noise's name.
-    """
-
-    label: int
-    radius: float
-    decision: str
-    n_used: int
-    stage: int
-    p_lower: float
-    p_upper: float
-    count: int
-    n: int
-    n0: int
-    alpha: float
-    beta: float
-    sigma: float
-    selected: int
-    radius_tested: float | None
-    norm: str = "l2"
-    noise: str = "gaussian"
-
-    @property
-    def abstained(self) -> bool:
-        """True when no radius was certified."""
-        return self.label == ABSTAIN
-
 
 def _model_device(model: Callable[..., object]) -> torch.device | None:
     if isinstance(model, torch.nn.Module):
@@ -186,7 +57,7 @@ class SmoothedClassifier:
         num_classes: number of classes (>= 2).
         sigma: noise level: the per-coordinate standard deviation, > 0.
         noise: ``"gaussian"`` (default), ``"laplace"``, ``"uniform"`` or a
-            :class:`smoothcert.noises.Noise` with this ``sigma``.
+            :class:`smoothcert.smoothing.noises.Noise` with this ``sigma``.
         norm: the threat norm of certified radii: ``"l2"`` (default), ``"l1"`` or ``"linf"``;
             it must be one the noise certifies.
         device: where noise is drawn and the model runs; by default the device of the
@@ -195,7 +66,7 @@ class SmoothedClassifier:
         autocast_dtype: run the base classifier under ``torch.autocast`` with this dtype.
         channels_last: feed 4-d batches to the model in channels-last memory format.
         pass_size: the largest forward pass: an int, ``"auto"`` (measured once per model,
-            input shape and device by :func:`smoothcert.perf.choose_pass_size`, at most the
+            input shape and device by :func:`smoothcert.runtime.perf.choose_pass_size`, at most the
             call's ``batch_size``) or ``None`` (the ``batch_size`` of each call). It changes
             speed only, never results.
 
@@ -203,7 +74,7 @@ class SmoothedClassifier:
 
     Results depend on the generator's seed, ``n0``, ``n``, the batch size when ``n`` exceeds it,
     the device, and the numerics of the base classifier; with these fixed they are
-    reproducible. See :mod:`smoothcert.sampling`.
+    reproducible. See :mod:`smoothcert.smoothing.engine`.
     """
 
     def __init__(
@@ -232,7 +103,7 @@ class SmoothedClassifier:
         elif isinstance(noise, str):
             self.noise = make_noise(noise, self.sigma)
         else:
-            raise TypeError(f"noise must be a noise name or a smoothcert.noises.Noise, got {type(noise).__name__}")
+            raise TypeError(f"noise must be a noise name or a smoothing.noises.Noise, got {type(noise).__name__}")
         self.norm = self.noise.check_norm(norm)
         self.device = torch.device(device) if device is not None else _model_device(base_classifier)
         if device is not None and isinstance(base_classifier, torch.nn.Module):
@@ -284,7 +155,7 @@ class SmoothedClassifier:
     ) -> NDArray[np.int64]:
         pass_size = self.pass_size
         if pass_size == "auto":
-            from .perf import choose_pass_size
+            from smoothcert.runtime.perf import choose_pass_size
 
             pass_size = choose_pass_size(
                 self.base_classifier,
@@ -338,7 +209,7 @@ class SmoothedClassifier:
         batch_size = check_int("batch_size", batch_size)
         least = stats.min_predict_n(alpha)
         if n < least:
-            _warn_once(
+            warn_once(
                 self._warned,
                 "predict",
                 n,
@@ -411,7 +282,7 @@ class SmoothedClassifier:
         batch_size = check_int("batch_size", batch_size)
         least = stats.min_certify_n(alpha)
         if n < least:
-            _warn_once(
+            warn_once(
                 self._warned,
                 "certify",
                 n,
@@ -475,7 +346,7 @@ class SmoothedClassifier:
         raise it by more than ``radius_tol`` (default ``0.05 * sigma``).
 
         With probability at least ``1 - alpha`` a non-abstaining result is correct, whatever
-        the stopping rule (union bound over the grid, :mod:`smoothcert.sequential`). ``beta``
+        the stopping rule (union bound over the grid, :mod:`smoothcert.core.sequential`). ``beta``
         (default ``alpha``) only sets how often a certifiable input is given up on early.
 
         The class is selected with ``n0`` separate samples that never enter the bound.

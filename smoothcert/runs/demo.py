@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import analysis
-from ._checks import check_sigma
-from .devices import resolve_device
-from .runs import RunConfig, run
-from .train import TrainConfig, train
+from smoothcert.core.checks import check_sigma
+from smoothcert.evaluation import analysis
+from smoothcert.runs.certify import RunConfig, run
+from smoothcert.runtime.devices import resolve_device
+from smoothcert.training.loop import TrainConfig, train
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -126,7 +126,7 @@ def run_demo(
         f"alpha = {settings.alpha}, every {settings.skip}th test example ({logs[0].examples} examples).\n\n"
     )
     (root / "table.md").write_text(header + table + "\n" + clean + "\n")
-    from .plotting import plot_certified_accuracy
+    from smoothcert.evaluation.plotting import plot_certified_accuracy
 
     fine = analysis.summarize(logs, plot_radii(max(float(np.max(log.radius, initial=0.0)) for log in logs)))
     plot = plot_certified_accuracy(

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
 
-from smoothcert._checks import check_int, check_sigma
+from smoothcert.core.checks import check_int, check_sigma
 
 __all__ = [
     "NOISES",

@@ -1,7 +1,7 @@
 """``smoothcert attack``: the tightness experiment on certified examples, and DeepFool curves.
 
 Tightness (paper Sec. 4): for each example a certify log reports correct at radius R, attack
-the smoothed classifier with :func:`~smoothcert.attacks.smoothed_pgd` at radii ``m * R`` (or at
+the smoothed classifier with :func:`~smoothcert.evaluation.attacks.smoothed_pgd` at radii ``m * R`` (or at
 absolute radii) and judge success with PREDICT at the perturbed point: the attack succeeds
 when PREDICT returns a class other than the label (an abstention is not a success).
 
@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import analysis
-from ._checks import check_alpha, check_int
-from .attacks import deepfool, smoothed_pgd
-from .classifier import SmoothedClassifier
-from .data import load_dataset
-from .devices import resolve_device
-from .models import checkpoint_sha256, load_model, versions
-from .results import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, read_rows
-from .runs import example_generator, select_indices
+from smoothcert.core.checks import check_alpha, check_int
+from smoothcert.evaluation import analysis
+from smoothcert.evaluation.attacks import deepfool, smoothed_pgd
+from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
+from smoothcert.io.data import load_dataset
+from smoothcert.io.logs import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, read_rows
+from smoothcert.runs.certify import example_generator, select_indices
+from smoothcert.runtime.devices import resolve_device
+from smoothcert.smoothing.classifier import SmoothedClassifier
 
 __all__ = ["AttackConfig", "run_deepfool", "run_tightness", "summarize_attack"]
 

@@ -1,6 +1,6 @@
 """Certified-accuracy analysis of certification logs (docs/statistics.md §6, §7, §11); no torch import.
 
-Reads smoothcert's logs (fixed-n CERTIFY and sequential, :mod:`smoothcert.sequential`) and the
+Reads smoothcert's logs (fixed-n CERTIFY and sequential, :mod:`smoothcert.core.sequential`) and the
 2019 reference's (radius to 3 significant digits, time as seconds or ``H:MM:SS.ffffff``, no
 extra columns, no sidecar: Gaussian noise, L2). Certified accuracy at ``r`` is the fraction of
 *all* logged examples whose prediction is correct with radius ``>= r`` (abstentions count as
@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import stats
-from .results import DEEPFOOL_COLUMNS, read_rows, read_sidecar, read_table
+from smoothcert.core import stats
+from smoothcert.io.logs import DEEPFOOL_COLUMNS, read_rows, read_sidecar, read_table
 
 __all__ = [
     "NORM_LABELS",

@@ -1,14 +1,14 @@
 """Drop-in replacement for the 2019 reference implementation's ``Smooth`` class.
 
 Projects written against ``core.Smooth`` of the reference code can switch their import to
-``from smoothcert.compat import Smooth`` and keep their calls::
+``from smoothcert.smoothing.compat import Smooth`` and keep their calls::
 
     smoothed = Smooth(model, num_classes, sigma)
     label = smoothed.predict(x, n, alpha, batch_size)            # int, -1 to abstain
     label, radius = smoothed.certify(x, n0, n, alpha, batch_size)  # (-1, 0.0) to abstain
 
 Unlike the reference, it runs on whatever device the model is on (CPU included), counts
-votes on the device, and uses the exact statistics of :mod:`smoothcert.stats` on current
+votes on the device, and uses the exact statistics of :mod:`smoothcert.core.stats` on current
 SciPy. Randomness comes from torch's global generator, as in the reference.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .classifier import ABSTAIN, SmoothedClassifier
+from smoothcert.smoothing.classifier import ABSTAIN, SmoothedClassifier
 
 __all__ = ["Smooth"]
 

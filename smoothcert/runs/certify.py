@@ -16,14 +16,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._checks import check_alpha, check_int, check_sigma
-from .classifier import SmoothedClassifier
-from .data import load_dataset
-from .devices import resolve_device
-from .distributed import DistContext
-from .models import checkpoint_sha256, load_model, versions
-from .perf import cpu_supports_bf16
-from .results import (
+from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
+from smoothcert.io.data import load_dataset
+from smoothcert.io.logs import (
     ADAPTIVE_COLUMNS,
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -32,6 +28,10 @@ from .results import (
     read_resumable,
     sidecar_path,
 )
+from smoothcert.runtime.devices import resolve_device
+from smoothcert.runtime.distributed import DistContext
+from smoothcert.runtime.perf import cpu_supports_bf16
+from smoothcert.smoothing.classifier import SmoothedClassifier
 
 __all__ = ["RunConfig", "example_generator", "run", "select_indices"]
 
@@ -136,8 +136,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     model, meta = load_model(config.model, device=device)
     denoiser_meta: dict[str, Any] | None = None
     if config.denoiser is not None:  # denoised smoothing: the base classifier is model(denoiser(z))
-        from .denoise import check_compatible, load_denoiser
-        from .models import compose
+        from smoothcert.models.denoisers import compose
+        from smoothcert.training.denoiser import check_compatible, load_denoiser
 
         denoiser, denoiser_meta = load_denoiser(config.denoiser, device=device)
         check_compatible(denoiser_meta, meta)

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._checks import check_int, check_sigma
-from .devices import eval_mode
-from .noises import Noise
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.runtime.devices import eval_mode
+from smoothcert.smoothing.noises import Noise
 
 __all__ = [
     "METHODS",

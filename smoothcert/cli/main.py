@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import DistContext
-    from .train import TrainConfig, train
+    from smoothcert.runtime.distributed import DistContext
+    from smoothcert.training.loop import TrainConfig, train
 
     config = TrainConfig(
         dataset=args.dataset,
@@ -324,7 +324,7 @@ def _add_denoiser_parser(sub: Any) -> None:
 
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from .denoise import DenoiserConfig, train_denoiser
+    from smoothcert.training.denoiser import DenoiserConfig, train_denoiser
 
     config = DenoiserConfig(
         classifier=args.classifier,
@@ -355,8 +355,8 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .distributed import DistContext
-    from .runs import RunConfig, run
+    from smoothcert.runs.certify import RunConfig, run
+    from smoothcert.runtime.distributed import DistContext
 
     config = RunConfig(
         command=args.command,
@@ -403,7 +403,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
     """``analyze`` only reads its logs: refuse any output path that is one of them (or its sidecar)."""
-    from .results import sidecar_path
+    from smoothcert.io.logs import sidecar_path
 
     inputs = [*args.logs, *(args.predict_logs or []), *args.empirical, *([args.compare] if args.compare else [])]
     if args.predict_reference:
@@ -417,7 +417,7 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from . import analysis
+    from smoothcert.evaluation import analysis
 
     _check_outputs_are_not_inputs(args)
     outputs: list[str] = []
@@ -464,7 +464,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             else:
                 outputs.append("\n" + analysis.format_comparison(comparisons, args.format))
         if args.plot:
-            from .plotting import plot_certified_accuracy
+            from smoothcert.evaluation.plotting import plot_certified_accuracy
 
             empirical = [analysis.empirical_curve(p) for p in args.empirical]
             plot_certified_accuracy(summaries, args.plot, envelope=args.envelope, empirical=empirical)
@@ -480,11 +480,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         else:
             outputs.append(_predict_table(rows, args.format))
     if args.bounds_plot:
-        from .plotting import plot_bounds
+        from smoothcert.evaluation.plotting import plot_bounds
 
         plot_bounds(args.bounds_plot, sigma=args.sigma or 1.0)
     if args.max_radius_plot:
-        from .plotting import plot_max_radius
+        from smoothcert.evaluation.plotting import plot_max_radius
 
         plot_max_radius(args.max_radius_plot, sigma=args.sigma or 1.0)
     if not (args.logs or args.predict_logs or args.bounds_plot or args.max_radius_plot):
@@ -536,7 +536,7 @@ def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from .attack_runs import AttackConfig, run_deepfool, run_tightness
+    from smoothcert.runs.attack import AttackConfig, run_deepfool, run_tightness
 
     config = AttackConfig(
         model=args.model,
@@ -571,8 +571,8 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .data import load_dataset
-    from .plotting import plot_noise_grid
+    from smoothcert.evaluation.plotting import plot_noise_grid
+    from smoothcert.io.data import load_dataset
 
     dataset: Any = load_dataset(args.dataset, args.split, args.data_dir)
     rng = np.random.default_rng(args.seed)
@@ -584,7 +584,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from smoothcert.runs.demo import run_demo
 
     run_demo(
         out=args.out,
@@ -610,7 +610,7 @@ def _add_import_parser(sub: Any) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .importing import import_checkpoint
+    from smoothcert.io.importing import import_checkpoint
 
     meta = import_checkpoint(
         args.src,
@@ -641,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import"}:
-        from .perf import set_threads, tune_malloc
+        from smoothcert.runtime.perf import set_threads, tune_malloc
 
         tuned = tune_malloc()
         threads = set_threads()

@@ -122,7 +122,7 @@ def choose_pass_size(
     cache_key = (model_key, tuple(input_shape), str(device), channels_last, autocast_dtype, max_size)
     if cache_key in _pass_cache:
         return _pass_cache[cache_key]
-    from .devices import eval_mode
+    from smoothcert.runtime.devices import eval_mode
 
     fmt = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     amp = (

@@ -44,8 +44,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
 
-from . import stats
-from ._checks import check_alpha, check_int
+from smoothcert.core import stats
+from smoothcert.core.checks import check_alpha, check_int
 
 __all__ = [
     "CERTIFIED",

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ._checks import check_int, check_sigma
-from .devices import eval_mode
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.runtime.devices import eval_mode
 
 __all__ = ["deepfool", "smoothed_pgd"]
 

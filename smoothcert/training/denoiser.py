@@ -1,7 +1,7 @@
 """Denoised smoothing (Salman et al., NeurIPS 2020): a trained denoiser in front of a frozen classifier.
 
 Smoothing ``z -> f(D(z))`` certifies a classifier ``f`` that was never trained under noise: the
-denoiser ``D`` (a :class:`~smoothcert.models.DnCNN`) is trained at one ``sigma`` with ``f`` frozen,
+denoiser ``D`` (a :class:`~smoothcert.models.denoisers.DnCNN`) is trained at one ``sigma`` with ``f`` frozen,
 on one of the paper's objectives (Sec. 3.1):
 
 * ``mse``: ``E ||D(x + eps) - x||^2`` (mean over pixels), the classifier is not used;
@@ -12,7 +12,7 @@ on one of the paper's objectives (Sec. 3.1):
 finished epoch: weights, Adam state, identity and log in its metadata, replaced atomically; a rerun
 resumes it), ``train_log.tsv`` and at the end ``model.safetensors`` + ``model.json`` with
 ``kind: denoiser`` and the classifier's sha256. :func:`load_denoiser` reads it back;
-:func:`smoothcert.models.compose` builds ``f(D(.))``.
+:func:`smoothcert.models.denoisers.compose` builds ``f(D(.))``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._checks import check_int, check_sigma
-from .data import load_dataset
-from .devices import resolve_device
-from .models import DnCNN, checkpoint_sha256, compose, load_denoiser, load_model, save_model, versions
-from .noises import make_noise
-from .results import commit_file
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, save_model, versions
+from smoothcert.io.data import load_dataset
+from smoothcert.io.files import commit_file
+from smoothcert.models.denoisers import DnCNN, compose
+from smoothcert.runtime.devices import resolve_device
+from smoothcert.smoothing.noises import make_noise
 
 __all__ = [
     "OBJECTIVES",
@@ -188,7 +189,7 @@ def _load_checkpoint(
 
 def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
     """Train (or resume) a denoiser in front of the frozen classifier ``config.classifier``; returns its model.json."""
-    from .train import epoch_seeds
+    from smoothcert.training.loop import epoch_seeds
 
     device = resolve_device(config.device)
     classifier, cmeta = load_model(config.classifier, device=device)

@@ -10,7 +10,7 @@ levels compare across families; the family's own scale is derived from ``sigma``
 * :class:`Uniform`: U[-lam, lam] coordinates, ``lam = sqrt(3) sigma``; certifies l1 and linf
   (Yang et al., ICML 2020, "Randomized Smoothing of All Shapes and Sizes").
 
-The radius formulas live in the torch-free :mod:`smoothcert.radii`; the objects here delegate
+The radius formulas live in the torch-free :mod:`smoothcert.core.radii`; the objects here delegate
 to it. :meth:`Noise.sample_` fills a preallocated buffer in place from an explicit
 ``torch.Generator`` on the buffer's device.
 """
@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import torch
 from numpy.typing import ArrayLike
 
-from smoothcert import radii as _radii
-from smoothcert._checks import check_sigma
+from smoothcert.core import radii as _radii
+from smoothcert.core.checks import check_sigma
 
 __all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise"]
 
@@ -89,13 +89,13 @@ class Noise(ABC):
     def radius(
         self, p_lower: ArrayLike, *, norm: str, dim: int | None = None, p_upper_b: ArrayLike | None = None
     ) -> Any:
-        """Certified ``norm`` radius for ``pA >= p_lower`` (see :func:`smoothcert.radii.radius`)."""
+        """Certified ``norm`` radius for ``pA >= p_lower`` (see :func:`smoothcert.core.radii.radius`)."""
         return _radii.radius(
             self.name, p_lower, sigma=self.sigma, norm=self.check_norm(norm), dim=dim, p_upper_b=p_upper_b
         )
 
     def threshold(self, radius: ArrayLike, *, norm: str, dim: int | None = None) -> Any:
-        """Smallest pA certifying ``radius`` (see :func:`smoothcert.radii.threshold`)."""
+        """Smallest pA certifying ``radius`` (see :func:`smoothcert.core.radii.threshold`)."""
         return _radii.threshold(self.name, radius, sigma=self.sigma, norm=self.check_norm(norm), dim=dim)
 
     def to_dict(self) -> dict[str, Any]:

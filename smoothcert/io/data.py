@@ -1,7 +1,7 @@
 """Data sets in their standard on-disk formats, registered by name.
 
 Every data set yields ``(x, y)`` with ``x`` a float32 image in ``[0, 1]`` (C, H, W) and ``y`` an
-int label; normalization is the model's first layer (see :mod:`smoothcert.models`).
+int label; normalization is the model's first layer (see :mod:`smoothcert.models.architectures`).
 
 =================  ==========================================================================
 name               on disk

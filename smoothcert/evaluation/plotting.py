@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .analysis import Summary, check_same_norm, norm_label
+from smoothcert.evaluation.analysis import Summary, check_same_norm, norm_label
 
 __all__ = ["plot_bounds", "plot_certified_accuracy", "plot_max_radius", "plot_noise_grid"]
 
@@ -92,7 +92,7 @@ def plot_certified_accuracy(
 
 def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
     """Radius against pA for the Cohen, Li and Lecuyer guarantees (paper Fig. 5 left, Fig. 8 left)."""
-    from . import stats
+    from smoothcert.core import stats
 
     plt = _pyplot()
     pa = np.linspace(0.5005, 0.9999, 600)
@@ -109,7 +109,7 @@ def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
 
 def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0.001), sigma: float = 1.0) -> Path:
     """Largest certifiable radius ``sigma * Phi^-1(alpha^(1/n))`` against n (paper Fig. 5 right)."""
-    from . import stats
+    from smoothcert.core import stats
 
     plt = _pyplot()
     ns = np.unique(np.logspace(1, 6, 200).astype(int))

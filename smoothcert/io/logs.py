@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from smoothcert.core.errors import ResultFileError
+
 __all__ = [
     "ADAPTIVE_COLUMNS",
     "ATTACK_COLUMNS",
@@ -23,7 +25,6 @@ __all__ = [
     "PREDICT_COLUMNS",
     "ResultFileError",
     "ResultWriter",
-    "commit_file",
     "merge_parts",
     "read_resumable",
     "read_rows",
@@ -41,29 +42,6 @@ ADAPTIVE_COLUMNS = (
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
 DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
-
-
-class ResultFileError(ValueError):
-    """A result file that cannot be continued as asked."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms that cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def commit_file(tmp: Path, dest: Path) -> None:
-    """Make ``tmp`` durable, atomically rename it to ``dest``, and make the rename durable."""
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
 
 
 def sidecar_path(path: str | Path) -> Path:

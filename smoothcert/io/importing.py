@@ -37,16 +37,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ._checks import check_sigma
-from .models import (
-    CheckpointError,
-    RepeatChannels,
-    build_model,
-    save_model,
-    sha256_file,
-    upgrade_legacy_keys,
-    versions,
-)
+from smoothcert.core.checks import check_sigma
+from smoothcert.core.errors import CheckpointError
+from smoothcert.io.checkpoints import save_model, versions
+from smoothcert.io.files import sha256_file
+from smoothcert.models.architectures import RepeatChannels, build_model, upgrade_legacy_keys
 
 __all__ = ["FORMATS", "cached_weights_path", "import_checkpoint"]
 
@@ -221,10 +216,10 @@ def import_checkpoint(
     certify's default) supply what the checkpoint does not record; where it does, they must agree.
     The model is built as ``Normalize(dataset mean, std)`` then ``arch``, so it takes ``[0, 1]``
     pixels like every smoothcert model. Returns the ``model.json`` content, which records the
-    source's sha256 and format. Raises :class:`~smoothcert.models.CheckpointError` (a ValueError)
+    source's sha256 and format. Raises :class:`~smoothcert.core.errors.CheckpointError` (a ValueError)
     for a file that needs unsafe unpickling or that does not fit the architecture exactly.
     """
-    from .data import get_spec
+    from smoothcert.io.data import get_spec
 
     if src is not None and weights is not None:
         raise ValueError(f"give a checkpoint file or --weights, not both (got {str(src)!r} and {weights!r})")

@@ -6,7 +6,7 @@ input ``x`` it draws ``n`` noise vectors on the input's device, runs the base cl
 to the host once, at the end.
 
 **Noise.** A noise is any object with a ``sample_(out, generator)`` method that fills a float32
-tensor in place (see :mod:`smoothcert.noises`); ``sigma=`` alone means isotropic Gaussian
+tensor in place (see :mod:`smoothcert.smoothing.noises`); ``sigma=`` alone means isotropic Gaussian
 noise, drawn as ``out.normal_(0, sigma, generator=g)``. Noise is always drawn and added in
 float32 into a contiguous (row-major) buffer, whatever the input's dtype and whatever memory
 format the model runs in: the smoothing distribution is exact, and options such as
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ._checks import check_int, check_sigma
-from .devices import eval_mode
-from .noises import Gaussian
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.runtime.devices import eval_mode
+from smoothcert.smoothing.noises import Gaussian
 
 __all__ = ["GeneratorArg", "NoiseSampler", "check_generator_device", "plan_batches", "same_device", "sample_counts"]
 

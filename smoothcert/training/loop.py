@@ -3,7 +3,7 @@
 By default minimizes ``E_(x,y) E_eps CE(f(x + eps), y)`` with ``eps ~ N(0, sigma^2 I)`` drawn fresh
 for every example in every batch, after the data set's crops and flips and before the model's own
 normalization layer. SGD with a step schedule, the reference's defaults. ``method`` picks another
-training objective (consistency, SmoothAdv, MACER; :mod:`smoothcert.objectives`), called once per batch.
+training objective (consistency, SmoothAdv, MACER; :mod:`smoothcert.training.objectives`), called once per batch.
 
 A run directory holds ``checkpoint.safetensors`` (the last finished epoch, for resuming: weights,
 optimizer state, and the run's identity and log rows in its metadata, replaced atomically),
@@ -26,14 +26,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._checks import check_int, check_sigma
-from .data import get_spec, load_dataset
-from .devices import eval_mode, resolve_device
-from .distributed import DistContext
-from .models import build_model, save_model, upgrade_legacy_keys, versions
-from .noises import NOISES, make_noise
-from .objectives import METHODS, make_objective, resolve_params
-from .results import commit_file
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.io.checkpoints import save_model, versions
+from smoothcert.io.data import get_spec, load_dataset
+from smoothcert.io.files import commit_file
+from smoothcert.models.architectures import build_model, upgrade_legacy_keys
+from smoothcert.runtime.devices import eval_mode, resolve_device
+from smoothcert.runtime.distributed import DistContext
+from smoothcert.smoothing.noises import NOISES, make_noise
+from smoothcert.training.objectives import METHODS, make_objective, resolve_params
 
 __all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "train"]
 

@@ -1,0 +1,143 @@
+"""Results of the smoothed models: frozen dataclasses, the abstention label, and the warning for
+settings under which a smoothed model can never answer."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+__all__ = ["ABSTAIN", "AdaptiveCertificate", "Certificate", "Prediction", "SmoothingWarning", "warn_once"]
+
+ABSTAIN: int = -1
+"""Label returned when PREDICT or CERTIFY abstains."""
+
+
+class SmoothingWarning(UserWarning):
+    """A setting with which the smoothed classifier can never answer."""
+
+
+def warn_once(warned: set[tuple[str, int, float]], kind: str, n: int, alpha: float, message: str) -> None:
+    """Warn once per ``(kind, n, alpha)`` and per ``warned`` registry (one per SmoothedClassifier)."""
+    key = (kind, n, alpha)
+    if key not in warned:
+        warned.add(key)
+        warnings.warn(message, SmoothingWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Result of CERTIFY for one input.
+
+    With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
+    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2).
+
+    Attributes:
+        label: the certified class, or ``ABSTAIN`` (-1).
+        radius: ``sigma * Phi^-1(p_lower)``; ``0.0`` when abstaining.
+        p_lower: one-sided ``1 - alpha`` Clopper–Pearson lower bound on ``pA``.
+        count: votes for the selected class among the ``n`` estimation samples.
+        n: number of estimation samples.
+        n0: number of selection samples.
+        alpha: failure probability.
+        sigma: noise level (per-coordinate standard deviation).
+        selected: the class picked by the ``n0`` selection samples (also when abstaining).
+        norm: the threat norm the radius is measured in (``l2`` by default).
+        noise: the smoothing noise's name (``gaussian`` by default).
+    """
+
+    label: int
+    radius: float
+    p_lower: float
+    count: int
+    n: int
+    n0: int
+    alpha: float
+    sigma: float
+    selected: int
+    norm: str = "l2"
+    noise: str = "gaussian"
+
+    @property
+    def abstained(self) -> bool:
+        """True when CERTIFY abstained (``p_lower <= 1/2``)."""
+        return self.label == ABSTAIN
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of PREDICT for one input.
+
+    With probability at least ``1 - alpha``, a returned label equals ``g(x)`` (Prop. 1).
+
+    Attributes:
+        label: the predicted class, or ``ABSTAIN`` (-1).
+        count: votes for the top class among the ``n`` samples.
+        runner_up_count: votes for the second class.
+        n: number of samples.
+        pvalue: two-sided binomial p-value of ``count`` out of ``count + runner_up_count``.
+        alpha: significance level; the label is returned iff ``pvalue <= alpha``.
+    """
+
+    label: int
+    count: int
+    runner_up_count: int
+    n: int
+    pvalue: float
+    alpha: float
+
+    @property
+    def abstained(self) -> bool:
+        """True when PREDICT abstained (``pvalue > alpha``)."""
+        return self.label == ABSTAIN
+
+
+@dataclass(frozen=True)
+class AdaptiveCertificate:
+    """Result of sequential CERTIFY (:meth:`SmoothedClassifier.certify_adaptive`) for one input.
+
+    With probability at least ``1 - alpha`` over the sampling, whatever stopping rule ran: if
+    ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta||_2 < radius``
+    (construction and proof sketch: :mod:`smoothcert.core.sequential`).
+
+    Attributes:
+        label: the certified class, or ``ABSTAIN`` (-1).
+        radius: the certified radius (0.0 when abstaining); in decision mode it is ``> radius_tested``.
+        decision: ``certified``, ``not_certified`` (stopped early: futility) or ``undecided`` (``n_max`` reached).
+        n_used: every forward pass spent on this input, selection included.
+        stage: the last stage run (1-based).
+        p_lower: the lower bound on ``pA`` behind ``radius`` (level ``alpha`` over all stages).
+        p_upper: the last stage's futility upper bound on ``pA`` (level ``beta``).
+        count: votes for the selected class among the ``n`` estimation samples.
+        n: estimation samples drawn.
+        n0: selection samples (0 in evaluation mode, ``label=`` given).
+        alpha: failure probability of the certificate.
+        beta: futility level (affects power only).
+        sigma: noise level.
+        selected: the class whose probability was bounded.
+        radius_tested: the radius ``r`` of decision mode, ``None`` in max-radius mode.
+        norm: the threat norm of ``radius``.
+        noise: the smoothing noise's name.
+    """
+
+    label: int
+    radius: float
+    decision: str
+    n_used: int
+    stage: int
+    p_lower: float
+    p_upper: float
+    count: int
+    n: int
+    n0: int
+    alpha: float
+    beta: float
+    sigma: float
+    selected: int
+    radius_tested: float | None
+    norm: str = "l2"
+    noise: str = "gaussian"
+
+    @property
+    def abstained(self) -> bool:
+        """True when no radius was certified."""
+        return self.label == ABSTAIN
