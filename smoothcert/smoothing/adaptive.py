@@ -1,0 +1,191 @@
+"""Sequential CERTIFY: the guarantee of fixed-n CERTIFY, stopping as soon as the data decide.
+
+The stopping rules and their union-bound validity are torch-free (:mod:`smoothcert.core.sequential`;
+construction and proof sketch in ``docs/sequential.md``). Here they drive the sampling engine:
+:class:`SequentialSettings` holds and checks the settings once, and :func:`certify_sequential`
+runs the stages for a batch, the next stage of every still-active input sharing forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from smoothcert.core import sequential
+from smoothcert.core.checks import check_int
+from smoothcert.core.errors import ConfigError
+from smoothcert.smoothing.certificates import ABSTAIN, AdaptiveCertificate
+from smoothcert.smoothing.engine import ClassVotes, GeneratorArg
+
+if TYPE_CHECKING:
+    from smoothcert.smoothing.classifier import SmoothedClassifier
+
+__all__ = ["SequentialSettings", "certify_sequential"]
+
+
+def _nonnegative(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise ConfigError(f"{name} must be >= 0 and finite, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequentialSettings:
+    """The settings of sequential CERTIFY, checked when built (so a run can check them before it writes).
+
+    ``radius=r`` selects decision mode (is ``g`` robust at ``r``?), ``radius=None`` max-radius
+    mode, which stops at ``radius_cap`` or when more samples cannot raise the radius by more than
+    ``radius_tol`` (default ``0.05 * sigma``). ``beta`` (default ``alpha``) is the futility level;
+    the stage grid doubles from ``n_first`` to ``n_max``.
+    """
+
+    alpha: float
+    n_max: int
+    batch_size: int
+    radius: float | None = None
+    n0: int = 100
+    beta: float | None = None
+    n_first: int = 64
+    radius_cap: float | None = None
+    radius_tol: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        object.__setattr__(self, "n0", check_int("n0", self.n0))
+        for name in ("radius", "radius_cap", "radius_tol"):
+            object.__setattr__(self, name, _nonnegative(name, getattr(self, name)))
+        self.schedule()  # checks alpha, beta, n_first, n_max
+
+    def schedule(self) -> sequential.Schedule:
+        """The stage grid and the per-stage levels, fixed before any sample is drawn."""
+        return sequential.make_schedule(n_max=self.n_max, alpha=self.alpha, beta=self.beta, n_first=self.n_first)
+
+    def target(self, smoothed: SmoothedClassifier, dim: int) -> float | None:
+        """``p*``, the ``pA`` at which the noise's radius equals ``radius`` (decision mode), else None.
+
+        Raises ConfigError when no ``pA < 1`` certifies ``radius`` with this noise, norm and ``dim``.
+        """
+        if self.radius is None:
+            return None
+        p_star = float(smoothed.noise.threshold(self.radius, norm=smoothed.norm, dim=dim))
+        if not p_star < 1:
+            raise ConfigError(
+                f"radius={self.radius!r} cannot be certified with {smoothed.noise!r} in {smoothed.norm} "
+                f"(d = {dim}) at any pA"
+            )
+        return p_star
+
+
+def certify_sequential(
+    smoothed: SmoothedClassifier,
+    xs: torch.Tensor,
+    settings: SequentialSettings,
+    *,
+    labels: Sequence[int] | None,
+    generator: GeneratorArg,
+) -> list[AdaptiveCertificate]:
+    """Sequential CERTIFY of each input of the prepared batch ``xs`` (see ``SmoothedClassifier.certify_adaptive``)."""
+    schedule = settings.schedule()
+    k, dim = len(xs), int(xs[0].numel())
+    tol = 0.05 * smoothed.sigma if settings.radius_tol is None else settings.radius_tol
+    gens = _per_input(generator, k)
+    votes = ClassVotes(smoothed.num_classes)
+    if labels is None:
+        n0 = settings.n0
+        selected = smoothed.run_engine(xs, votes, n=n0, batch_size=settings.batch_size, generator=generator).argmax(
+            axis=1
+        )
+    else:
+        if len(labels) != k:
+            raise ValueError(f"labels must give one label per input ({k}), got {len(labels)}")
+        for c in labels:
+            check_int("label", c, 0)
+            if c >= smoothed.num_classes:
+                raise ValueError(f"label must be < num_classes={smoothed.num_classes}, got {c!r}")
+        selected = np.asarray(labels, dtype=np.int64)
+        n0 = 0
+    p_star = settings.target(smoothed, dim)
+
+    def radius_of(p: np.ndarray) -> np.ndarray:
+        return smoothed.radius_of(p, dim=dim)
+
+    count = np.zeros(k, dtype=np.int64)
+    best = np.zeros(k)
+    results: list[AdaptiveCertificate | None] = [None] * k
+    active = np.arange(k)
+    drawn = 0
+    for stage, size in enumerate(schedule.sizes):
+        sub_gens = None if gens is None else [gens[i] for i in active]
+        stage_votes = smoothed.run_engine(
+            xs[torch.as_tensor(active)], votes, n=size - drawn, batch_size=settings.batch_size, generator=sub_gens
+        )
+        count[active] += stage_votes[np.arange(len(active)), selected[active]]
+        drawn = size
+        if p_star is not None:
+            decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star)
+            stop = decision != sequential.CONTINUE
+            rad = np.where(decision == sequential.CERTIFIED, radius_of(lower), 0.0)
+        else:
+            stop, rad, lower, upper = sequential.max_radius_step(
+                count[active],
+                stage,
+                schedule,
+                best[active],
+                radius_of=radius_of,
+                radius_cap=settings.radius_cap,
+                radius_tol=tol,
+            )
+            best[active] = lower
+            last = stage == schedule.num_stages - 1
+            decision = np.where(
+                rad > 0, sequential.CERTIFIED, sequential.UNDECIDED if last else sequential.NOT_CERTIFIED
+            )
+        for j in np.flatnonzero(stop):
+            i = int(active[j])
+            certified = decision[j] == sequential.CERTIFIED
+            results[i] = AdaptiveCertificate(
+                label=int(selected[i]) if certified else ABSTAIN,
+                radius=float(rad[j]) if certified else 0.0,
+                decision=str(decision[j]),
+                n_used=n0 + size,
+                stage=stage + 1,
+                p_lower=float(lower[j]),
+                p_upper=float(upper[j]),
+                count=int(count[i]),
+                n=size,
+                n0=n0,
+                alpha=schedule.alpha,
+                beta=schedule.beta,
+                sigma=smoothed.sigma,
+                selected=int(selected[i]),
+                radius_tested=settings.radius,
+                norm=smoothed.norm,
+                noise=smoothed.noise.name,
+            )
+        active = active[~stop]
+        if len(active) == 0:
+            break
+    assert all(r is not None for r in results), "the last stage stops every input"
+    return [r for r in results if r is not None]
+
+
+def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return [generator] * k
+    gens = list(generator)
+    if len(gens) != k:
+        raise ValueError(f"generator must be one torch.Generator or one per input ({k}), got {len(gens)}")
+    return gens

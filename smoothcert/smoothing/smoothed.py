@@ -1,0 +1,157 @@
+"""What every smoothed model shares: the base model, the noise and its norm, the device, input
+checks, and the call into the sampling engine.
+
+:class:`SmoothedModel` is the thin layer between a task's statistics and the one engine
+(:mod:`smoothcert.smoothing.engine`): the classifier, the segmenter and the regressor build on it
+and differ only in the engine's reduction and in the statistics they apply to its result.
+
+**Input space.** ``sigma`` is measured in the space the inputs are given in. Give images as
+pixels in ``[0, 1]`` and put any per-channel normalization inside the base model (as its first
+layer): then the certificate is a radius in ``[0, 1]`` pixel space. Noisy inputs are never
+clipped to ``[0, 1]``, since clipping would change the smoothing distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.smoothing.engine import GeneratorArg, Reduction, run_samples
+from smoothcert.smoothing.noises import Noise, make_noise
+
+__all__ = ["SmoothedModel"]
+
+
+def _model_device(model: Callable[..., object]) -> torch.device | None:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return None
+
+
+class SmoothedModel:
+    """A base model smoothed by a noise; the common part of the task-specific smoothed models.
+
+    Args:
+        base_model: maps a batch ``(b, *input_shape)`` to the task's outputs. Inputs are in the
+            certificate's space (``[0, 1]`` pixels); normalization belongs inside it.
+        sigma: noise level: the per-coordinate standard deviation, > 0.
+        noise: ``"gaussian"`` (default), ``"laplace"``, ``"uniform"`` or a
+            :class:`smoothcert.smoothing.noises.Noise` with this ``sigma``.
+        norm: the threat norm of certified radii: ``"l2"`` (default), ``"l1"`` or ``"linf"``;
+            it must be one the noise certifies.
+        device: where noise is drawn and the model runs; by default the device of the
+            model's parameters, or of each input when the model has none. An explicit
+            ``device`` moves a ``torch.nn.Module`` base model there.
+        input_shape: if given, every input must have exactly this shape.
+        autocast_dtype: run the base model under ``torch.autocast`` with this dtype.
+        channels_last: feed 4-d batches to the model in channels-last memory format.
+        pass_size: the largest forward pass: an int, ``"auto"`` (measured once per model,
+            input shape and device by :func:`smoothcert.runtime.perf.choose_pass_size`, at most the
+            call's ``batch_size``) or ``None`` (the ``batch_size`` of each call). Neither the pass
+            size nor the memory format changes the noise; the base model's last bits may
+            depend on them (see :mod:`smoothcert.smoothing.engine`).
+    """
+
+    def __init__(
+        self,
+        base_model: Callable[[torch.Tensor], torch.Tensor],
+        sigma: float,
+        *,
+        noise: str | Noise = "gaussian",
+        norm: str = "l2",
+        device: torch.device | str | None = None,
+        input_shape: Sequence[int] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        pass_size: int | Literal["auto"] | None = None,
+    ) -> None:
+        if not callable(base_model):
+            raise TypeError(f"the base model must be callable, got {type(base_model).__name__}")
+        self.base_model = base_model
+        self.sigma = check_sigma(sigma)
+        if isinstance(noise, Noise):
+            if noise.sigma != self.sigma:
+                raise ValueError(f"noise has sigma={noise.sigma!r} but sigma={self.sigma!r} was given")
+            self.noise = noise
+        elif isinstance(noise, str):
+            self.noise = make_noise(noise, self.sigma)
+        else:
+            raise TypeError(f"noise must be a noise name or a smoothing.noises.Noise, got {type(noise).__name__}")
+        self.norm = self.noise.check_norm(norm)
+        self.device = torch.device(device) if device is not None else _model_device(base_model)
+        if device is not None and isinstance(base_model, torch.nn.Module):
+            base_model.to(self.device)
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        if pass_size is not None and pass_size != "auto":
+            check_int("pass_size", pass_size)
+        self.pass_size = pass_size
+
+    def _prepare(self, x: torch.Tensor, *, batch: bool) -> torch.Tensor:
+        """Check one input (or a batch) and return it as a batch on the model's device."""
+        name = "xs" if batch else "x"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+        shape = tuple(x.shape[1:]) if batch else tuple(x.shape)
+        if self.input_shape is not None and shape != self.input_shape:
+            want = ("(batch, " + ", ".join(map(str, self.input_shape)) + ")") if batch else str(self.input_shape)
+            hint = "" if batch else "; use the *_batch methods for a batch"
+            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}{hint}")
+        if x.ndim < (2 if batch else 1):
+            raise ValueError(f"{name} has the wrong rank: got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        if self.device is not None:
+            x = x.to(self.device)
+        return x if batch else x.unsqueeze(0)
+
+    def run_engine(
+        self,
+        xs: torch.Tensor,
+        reduction: Reduction,
+        *,
+        n: int | Sequence[int],
+        batch_size: int,
+        generator: GeneratorArg,
+    ) -> Any:
+        """The engine on a prepared batch, with this model's noise and options."""
+        pass_size = self.pass_size
+        if pass_size == "auto":
+            from smoothcert.runtime.perf import choose_pass_size
+
+            pass_size = choose_pass_size(
+                self.base_model,
+                tuple(xs.shape[1:]),
+                device=xs.device,
+                max_size=batch_size,
+                channels_last=self.channels_last,
+                autocast_dtype=self.autocast_dtype,
+            )
+        return run_samples(
+            self.base_model,
+            xs,
+            n=n,
+            noise=self.noise,
+            reduction=reduction,
+            batch_size=batch_size,
+            pass_size=pass_size,
+            generator=generator,
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
+        )
+
+    def radius_of(self, p_lower: Any, *, dim: int) -> NDArray[np.float64]:
+        """The noise's certified radius in ``self.norm`` for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
+        r = self.noise.radius(p_lower, norm=self.norm, dim=dim)
+        return np.atleast_1d(np.asarray(r, dtype=np.float64))
