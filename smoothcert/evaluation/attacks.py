@@ -111,7 +111,10 @@ def deepfool(
     already misclassifies get norm 0. Every forward pass runs in eval mode (batch-norm
     statistics are left alone) and the model's train/eval mode is restored afterwards.
     """
-    import foolbox as fb
+    try:
+        import foolbox as fb
+    except ImportError:
+        raise ImportError("DeepFool needs foolbox: pip install 'smoothcert[attacks]'") from None
 
     check_int("steps", steps)
     with eval_mode(model):
