@@ -53,6 +53,16 @@ def _save(fig: Any, path: str | Path) -> Path:
     return p
 
 
+def _finish(fig: Any, ax: Any, path: str | Path, *, title: str | None) -> Path:
+    """Unit y range, grid, optional title and legend; then save."""
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_certified_accuracy(
     summaries: Sequence[Summary],
     path: str | Path,
@@ -101,12 +111,7 @@ def plot_certified_accuracy(
         ax.plot(radii, acc, ls="--", color="gray", label=label)
     ax.set_xlabel(f"{norm_label(norm)} radius")
     ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title=title)
 
 
 def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
@@ -201,12 +206,7 @@ def plot_p_lower_ecdf(logs: Sequence[CertifyLog], path: str | Path, *, title: st
     ax.set_xlabel("certified lower bound p_lower on p_A")
     ax.set_ylabel("fraction of examples with p_lower ≤ x")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title=title)
 
 
 def _ecdf(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
