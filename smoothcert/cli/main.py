@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="certified-accuracy tables and plots from certify logs",
         description="Certified accuracy (labelled with the logs' threat norm; logs of different norms are refused), "
         "ACR and forward passes per example of certify logs, fixed-n or sequential (--adaptive): a decision-mode "
-        "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap.",
+        "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap. "
+        "Beside ACR (which depends on the sampling budget), quantiles of the certified p_A lower bounds; "
+        "--eval-label logs are marked as such. JSON is strict (null for n/a).",
     )
     a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (fixed-n, sequential or the 2019 reference's)")
     a.add_argument(
@@ -447,7 +449,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 s.extra["projected_certified_accuracy"] = [float(v) for v in proj]
                 s.extra["projection"] = {"n": args.project_n, "alpha": args.project_alpha}
         if args.format == "json":
-            documents["certify"] = [s.to_json() for s in summaries]  # strict JSON below: null, never NaN
+            documents["certify"] = [s.to_json() for s in summaries]
         else:
             formatter = {
                 "markdown": analysis.format_markdown,

@@ -42,7 +42,7 @@ NA = "n/a"
 ACR_CAVEAT = (
     "ACR depends on the sampling budget (the largest radius n samples can certify grows with n) and can be "
     'inflated by examples whose p_A is close to 1 (Sun et al., 2024, "ACR is a Poor Metric for Randomized '
-    'Smoothing"): read it beside the certified-accuracy curve and the p_lower quantiles'
+    'Smoothing"): read it beside the certified-accuracy curve and, where a log records them, the p_lower quantiles'
 )
 EVAL_LABEL_NOTE = (
     "(eval-label): the log certified each example's true label without selecting a class (--eval-label; "
