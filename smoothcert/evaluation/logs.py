@@ -11,7 +11,7 @@ file, a header with no rows (an empty split, or a run that has not finished an e
 missing column, a non-finite or negative radius, or a ``p_lower`` outside ``[0, 1]``. A radius
 of ``nan`` or ``inf`` would make the ACR ``nan``/``inf`` and silently count the example as not
 certified at every radius, so the whole log is refused rather than summarised over its finite
-rows (docs/statistics.md §6).
+rows: such a radius means the run went wrong, and any figure from the log would hide it.
 
 **Sequential logs** (sidecar ``identity.adaptive``) come in two modes, *decision* (``identity.radius
 = r``: each example tested at ``r`` only) and *max-radius* (``identity.radius`` null, optionally with

@@ -2,7 +2,7 @@
 
 Certified accuracy at ``r`` is the fraction of *all* logged examples whose prediction is
 correct with radius ``>= r`` (abstentions count as failures), as in the 2019 reference
-analysis (docs/statistics.md §6). For **sequential logs**:
+analysis (docs/statistics.md §7). For **sequential logs**:
 
 - *decision mode* (``identity.radius = r``): each example was tested at ``r`` only and the run
   stopped as soon as ``r`` was decided, so certified accuracy is reported at ``r`` alone: the
