@@ -64,7 +64,7 @@ def test_markdown_marks_the_best_log_per_radius(capsys):
     logs = [str(CERT / name) for name in TABLE2]
     assert main(["analyze", *logs, "--radii", "0,2", "--label", "s025", "--label", "s050", "--label", "s100"]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split("|")[1].strip(): line for line in out[2:]}
+    rows = {line.split("|")[1].strip(): line for line in out[2:] if line.startswith("|")}  # the notes follow
     assert "**0.67**" in rows["s025"] and "**0.19**" in rows["s100"]
     assert "**" not in rows["s050"]
 
@@ -466,7 +466,8 @@ def test_compare_in_every_format(tmp_path, capsys):
     assert "B/A passes" in md and "| +0.333 | 0.333 | [-0.320, +0.987] | 3 | 1 | 0.625 |" in md
     assert main(["analyze", a, "--compare", b, "--radii", "0.5", "--format", "latex"]) == 0
     tex = capsys.readouterr().out
-    assert tex.count("\\toprule") == 4 and "95\\% CI" in tex and "$\\ell_2$ $r = 0.5$" in tex
+    # five tables: summary, passes, p_lower quantiles (the fixed log records p_lower), pairs, differences
+    assert tex.count("\\toprule") == 5 and "95\\% CI" in tex and "$\\ell_2$ $r = 0.5$" in tex
     assert main(["analyze", a, "--compare", b, "--radii", "0.5", "--format", "csv"]) == 0
     blocks = capsys.readouterr().out.split("\n\n")
     rows = list(csv.DictReader(blocks[1].splitlines()))

@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="certified-accuracy tables and plots from certify logs",
         description="Certified accuracy (labelled with the logs' threat norm; logs of different norms are refused), "
         "ACR and forward passes per example of certify logs, fixed-n or sequential (--adaptive): a decision-mode "
-        "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap.",
+        "log is reported at its decision radius only (n/a elsewhere), a capped max-radius log up to its cap. "
+        "Beside ACR (which depends on the sampling budget), quantiles of the certified p_A lower bounds; "
+        "--eval-label logs are marked as such. JSON is strict (null for n/a).",
     )
     a.add_argument("logs", nargs="*", metavar="LOG", help="certify logs (fixed-n, sequential or the 2019 reference's)")
     a.add_argument(
@@ -153,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--project-alpha", type=float, help="accuracy CERTIFY would report at this alpha")
     a.add_argument("--bounds-plot", help="draw radius against pA for the three guarantees to this file")
     a.add_argument("--max-radius-plot", help="draw the largest certifiable radius against n to this file")
+    a.add_argument(
+        "--pa-plot",
+        metavar="FILE",
+        help="draw the empirical CDF of each log's certified p_A lower bounds (p_lower) to this file",
+    )
     a.add_argument("--predict-logs", nargs="+", help="predict logs for the PREDICT quality table (paper Table 4)")
     a.add_argument("--predict-reference", help="large-n predict log that stands for g(x)")
     a.add_argument(
@@ -409,7 +416,7 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
     if args.predict_reference:
         inputs.append(args.predict_reference)
     protected = {Path(p).resolve() for p in inputs} | {sidecar_path(p).resolve() for p in inputs}
-    for option in ("out", "plot", "bounds_plot", "max_radius_plot"):
+    for option in ("out", "plot", "bounds_plot", "max_radius_plot", "pa_plot"):
         target = getattr(args, option)
         if target and Path(target).resolve() in protected:
             flag = "--" + option.replace("_", "-")
@@ -417,7 +424,7 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from smoothcert.evaluation import analysis
+    from smoothcert.evaluation import analysis, reports
 
     _check_outputs_are_not_inputs(args)
     outputs: list[str] = []
@@ -468,8 +475,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
             empirical = [analysis.empirical_curve(p) for p in args.empirical]
             plot_certified_accuracy(summaries, args.plot, envelope=args.envelope, empirical=empirical)
-    elif args.compare:
-        raise ValueError("--compare needs certify logs to compare with it")
+        if args.pa_plot:
+            from smoothcert.evaluation.plotting import plot_p_lower_ecdf
+
+            plot_p_lower_ecdf(table_logs, args.pa_plot)
+    elif args.compare or args.pa_plot:
+        raise ValueError(f"{'--compare' if args.compare else '--pa-plot'} needs certify logs")
     if args.predict_logs:
         if not args.predict_reference:
             raise ValueError("--predict-logs needs --predict-reference (a large-n predict log)")
@@ -478,7 +489,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if args.format == "json":
             documents["predict"] = rows
         else:
-            outputs.append(_predict_table(rows, args.format))
+            outputs.append(reports.format_predict_quality(rows, args.format))
     if args.bounds_plot:
         from smoothcert.evaluation.plotting import plot_bounds
 
@@ -490,49 +501,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not (args.logs or args.predict_logs or args.bounds_plot or args.max_radius_plot):
         raise ValueError("nothing to analyze: give certify logs, --predict-logs, --bounds-plot or --max-radius-plot")
     if documents:
-        import json
-
         # one table alone keeps its bare list; certify and predict tables together make one object
         doc = next(iter(documents.values())) if len(documents) == 1 else documents
-        outputs.append(json.dumps(doc, indent=2) + "\n")
+        outputs.append(reports.json_text(doc))
     text = "".join(outputs)
     if args.out:
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
-
-
-_PREDICT_KEYS = ("correct_accurate", "correct_inaccurate", "incorrect_accurate", "incorrect_inaccurate", "abstain")
-
-
-def _predict_table(rows: list[dict[str, Any]], fmt: str) -> str:
-    """The PREDICT quality table (paper Table 4) as CSV (quoted by the csv module), LaTeX or Markdown."""
-    keys = _PREDICT_KEYS
-    if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", "n", "examples", *keys])
-        for r in rows:
-            w.writerow([r["name"], r["n"], r["examples"], *(f"{r[k]:.4f}" for k in keys)])
-        return buf.getvalue()
-    if fmt == "latex":
-        lines = [
-            "\\begin{tabular}{l" + "r" * len(keys) + "}",
-            "\\toprule",
-            "PREDICT & " + " & ".join(k.replace("_", ", ") for k in keys) + " \\\\",
-            "\\midrule",
-            *(r["name"].replace("_", "\\_") + " & " + " & ".join(f"{r[k]:.2f}" for k in keys) + " \\\\" for r in rows),
-            "\\bottomrule",
-            "\\end{tabular}",
-        ]
-        return "\n".join(lines) + "\n"
-    head = "| PREDICT | " + " | ".join(k.replace("_", ", ") for k in keys) + " |\n"
-    head += "|---|---:|---:|---:|---:|---:|\n"
-    return head + "".join(f"| {r['name']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |\n" for r in rows)
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:

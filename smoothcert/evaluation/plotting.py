@@ -1,4 +1,10 @@
-"""Figures, drawn headless. matplotlib is imported only when a figure is made."""
+"""Figures, drawn headless, with no global side effect on the user's matplotlib session.
+
+matplotlib is an optional dependency (``pip install 'smoothcert[plot]'``), imported only when a
+figure is made. Each figure is a :class:`matplotlib.figure.Figure` with its own Agg canvas: no
+``matplotlib.use``, no pyplot, so the user's backend and pyplot figure list stay as they were.
+A missing matplotlib is one :class:`~smoothcert.core.errors.ConfigError` line naming the extra.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,33 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from smoothcert.evaluation.analysis import Summary, check_same_norm, norm_label
+from smoothcert.core.errors import ConfigError
+from smoothcert.evaluation.logs import CertifyLog, check_same_norm, norm_label
+from smoothcert.evaluation.metrics import Summary
 
-__all__ = ["plot_bounds", "plot_certified_accuracy", "plot_max_radius", "plot_noise_grid"]
+__all__ = [
+    "PLOT_EXTRA",
+    "plot_bounds",
+    "plot_certified_accuracy",
+    "plot_max_radius",
+    "plot_noise_grid",
+    "plot_p_lower_ecdf",
+]
+
+PLOT_EXTRA = "pip install 'smoothcert[plot]'"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Any, Any]:
+    """A new figure on its own Agg canvas, and its axes (as ``Figure.subplots`` returns them)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError(f"plots need matplotlib, which is not installed: {PLOT_EXTRA}") from None
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=squeeze)
+    return fig, axes
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -29,8 +50,17 @@ def _save(fig: Any, path: str | Path) -> Path:
         raise ValueError(f"plot file must end in .png, .pdf or .svg, got {str(path)!r}")
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=150, bbox_inches="tight")
-    _pyplot().close(fig)
     return p
+
+
+def _finish(fig: Any, ax: Any, path: str | Path, *, title: str | None) -> Path:
+    """Unit y range, grid, optional title and legend; then save."""
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def plot_certified_accuracy(
@@ -53,8 +83,7 @@ def plot_certified_accuracy(
     norm = check_same_norm(summaries)  # one radius axis: refuse logs of different norms
     if empirical and norm != "l2":
         raise ValueError(f"empirical (DeepFool) curves are L2 distances; they cannot be drawn on a {norm} axis")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _figure(figsize=(6.4, 4.2))
     for s in summaries:
         if s.mode == "decision":  # one meaningful radius: a single marker
             j = next(k for k, v in enumerate(s.certified_accuracy) if v is not None)
@@ -82,21 +111,15 @@ def plot_certified_accuracy(
         ax.plot(radii, acc, ls="--", color="gray", label=label)
     ax.set_xlabel(f"{norm_label(norm)} radius")
     ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title=title)
 
 
 def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
     """Radius against pA for the Cohen, Li and Lecuyer guarantees (paper Fig. 5 left, Fig. 8 left)."""
     from smoothcert.core import stats
 
-    plt = _pyplot()
     pa = np.linspace(0.5005, 0.9999, 600)
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    fig, ax = _figure(figsize=(5.6, 4.0))
     ax.plot(pa, stats.cohen_radius(pa, sigma=sigma), label="Cohen et al. (this work)")
     ax.plot(pa, stats.li_radius(pa, sigma=sigma), label="Li et al. (Rényi divergence)")
     ax.plot(pa, stats.lecuyer_radius(pa, sigma=sigma), label="Lecuyer et al. (PixelDP)")
@@ -111,9 +134,8 @@ def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0
     """Largest certifiable radius ``sigma * Phi^-1(alpha^(1/n))`` against n (paper Fig. 5 right)."""
     from smoothcert.core import stats
 
-    plt = _pyplot()
     ns = np.unique(np.logspace(1, 6, 200).astype(int))
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    fig, ax = _figure(figsize=(5.6, 4.0))
     for a in alphas:
         ax.plot(ns, stats.max_radius(ns, a, sigma=sigma), label=f"α = {a:g}")
     ax.set_xscale("log")
@@ -130,10 +152,9 @@ def plot_noise_grid(images: NDArray[np.float32], sigmas: Sequence[float], path: 
     ``images`` is ``(k, C, H, W)`` in ``[0, 1]``. The noisy images are clipped to ``[0, 1]`` for
     display only; the smoothed classifier itself never clips.
     """
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
     k = len(images)
-    fig, axes = plt.subplots(k, len(sigmas), figsize=(1.4 * len(sigmas), 1.4 * k), squeeze=False)
+    fig, axes = _figure(k, len(sigmas), figsize=(1.4 * len(sigmas), 1.4 * k), squeeze=False)
     for i in range(k):
         for j, s in enumerate(sigmas):
             noisy = np.clip(images[i] + s * rng.standard_normal(images[i].shape), 0, 1)
@@ -147,3 +168,49 @@ def plot_noise_grid(images: NDArray[np.float32], sigmas: Sequence[float], path: 
             if i == 0:
                 ax.set_title(f"σ = {s:g}", fontsize=9)
     return _save(fig, path)
+
+
+def plot_p_lower_ecdf(logs: Sequence[CertifyLog], path: str | Path, *, title: str | None = None) -> Path:
+    """Empirical CDF of the certified lower bounds ``p_lower`` of each log (beyond ACR, Sun et al. 2024).
+
+    A solid step line over all examples, a dashed one in the same colour over the examples whose
+    selected class is the true label; the dotted line at 1/2 is CERTIFY's abstention threshold.
+    Logs without ``p_lower`` (the 2019 reference's) and decision-mode logs (whose bound stops once
+    it decides) are refused, as are logs of different norms.
+    """
+    check_same_norm(logs)
+    for log in logs:
+        if log.p_lower is None or log.mode == "decision":
+            why = (
+                "has no p_lower column" if log.p_lower is None else "is decision-mode (its bound stops once it decides)"
+            )
+            raise ConfigError(f"{log.path} {why}: no p_lower distribution to plot")
+        if log.examples == 0:
+            raise ConfigError(f"{log.path} has no examples: nothing to plot")
+    fig, ax = _figure(figsize=(6.4, 4.2))
+    for log in logs:
+        assert log.p_lower is not None
+        chosen = log.selected if log.selected is not None else log.predict
+        name = f"{log.name} (eval-label)" if log.eval_label else log.name
+        (line,) = ax.step(*_ecdf(log.p_lower), where="post", lw=1.8, label=f"{name}, all ({log.examples})")
+        right = log.p_lower[chosen == log.label]
+        if right.size:
+            ax.step(
+                *_ecdf(right),
+                where="post",
+                ls="--",
+                color=line.get_color(),
+                label=f"{name}, selected = label ({right.size})",
+            )
+    ax.axvline(0.5, ls=":", color="gray", lw=1)
+    ax.set_xlabel("certified lower bound p_lower on p_A")
+    ax.set_ylabel("fraction of examples with p_lower ≤ x")
+    ax.set_xlim(0, 1)
+    return _finish(fig, ax, path, title=title)
+
+
+def _ecdf(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Step points of the empirical CDF: ``F(x) = #{v <= x} / m``, from 0 at x = 0 to 1 at x = 1."""
+    v = np.sort(values)
+    m = v.size
+    return np.concatenate([[0.0], v, [1.0]]), np.concatenate([[0.0], np.arange(1, m + 1) / m, [1.0]])
