@@ -27,6 +27,8 @@ import torch
 from smoothcert.evaluation.tasks import (
     localization_curve,
     markdown_table,
+    plot_localization,
+    plot_segmentation,
     read_localization,
     read_segmentation,
     segmentation_curve,
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    seg_runs: dict[str, list] = {}
+    loc_runs: dict[str, list] = {}
     report = [f"settings: {json.dumps(s)}, alpha {args.alpha}, torch threads {torch.get_num_threads()}\n"]
     for sigma in args.sigmas:
         for task in ("segmentation", "localization"):
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
                 logs = [read_segmentation(p) for p in paths.values()]
+                seg_runs[f"sigma {sigma:g}"] = logs
                 rows = [segmentation_summary(g) for g in logs]
                 cols = ["tau", "radius", "certified_accuracy", "abstain", "miou", "miou_certified", "smoothed_accuracy"]
                 env = segmentation_curve(logs, [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
                 glogs = [read_localization(p) for p in paths.values()]
+                loc_runs[f"sigma {sigma:g}"] = glogs
                 rows = localization_curve(glogs, thresholds=(0.5,))
                 cols = ["radius", "certified_iou_truth>=0.5", "certified_iou_clean>=0.5", "iou_truth>=0.5", "mean_width"]
                 report += [
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             print("\n".join(report[-4:] if task == "segmentation" else report[-2:]), flush=True)
     (out / "tables.md").write_text("\n".join(report) + "\n")
+    plot_segmentation(seg_runs, out / "segmentation.png")
+    plot_localization(loc_runs, out / "localization.png")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from synthdata import write_idx_dataset
 from smoothcert.core.errors import ConfigError
 from smoothcert.evaluation.tasks import (
     localization_curve,
+    plot_localization,
+    plot_segmentation,
     read_localization,
     read_segmentation,
     segmentation_curve,
@@ -136,6 +138,7 @@ def test_segmentation_log_resumes_with_identical_rows(models, data_dir, tmp_path
     assert 0 <= s["certified_accuracy"] <= 1 - s["abstain"] + 1e-12
     curve = segmentation_curve(logs, [0.0, logs[1].radius, logs[1].radius + 1])
     assert curve[-1]["certified_accuracy"] == 0.0 and curve[1]["tau"] == 0.8
+    assert plot_segmentation({"sigma 0.25": logs}, tmp_path / "seg.png").stat().st_size > 0
 
 
 def test_localization_log_and_analysis(models, data_dir, tmp_path):
@@ -148,6 +151,7 @@ def test_localization_log_and_analysis(models, data_dir, tmp_path):
         assert np.all(g.iou_truth <= g.est_iou_truth + 1e-12)  # the worst case is no better than the estimate
     curve = localization_curve(logs)
     assert curve[0]["mean_width"] <= curve[1]["mean_width"]
+    assert plot_localization({"sigma 0.25": logs}, tmp_path / "loc.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

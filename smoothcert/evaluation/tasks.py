@@ -12,9 +12,10 @@ prediction) is ``>= t``, and the mean certified interval width. Definitions: ``d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,6 +30,8 @@ __all__ = [
     "localization_summary",
     "markdown_table",
     "mean_iou",
+    "plot_localization",
+    "plot_segmentation",
     "read_localization",
     "read_segmentation",
     "segmentation_curve",
@@ -195,3 +198,62 @@ def markdown_table(rows: Sequence[dict[str, float]], columns: Sequence[str], *, 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _figure_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"plot file must end in .png, .pdf or .svg, got {str(path)!r}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_segmentation(runs: Mapping[str, Sequence[SegmentationLog]], path: str | Path) -> Path:
+    """Certified pixel accuracy (solid) and abstain rate (dashed) against radius, one curve per run
+    (e.g. per sigma), each point one tau: the paper-style tau trade-off (Fischer et al. 2021, Fig. 3)."""
+    out = _figure_path(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, logs in runs.items():
+        rows = sorted((segmentation_summary(g) for g in logs), key=lambda r: r["radius"])
+        r = [row["radius"] for row in rows]
+        line = ax.plot(r, [row["certified_accuracy"] for row in rows], "o-", label=f"{label}: certified accuracy")[0]
+        ax.plot(r, [row["abstain"] for row in rows], "s--", color=line.get_color(), label=f"{label}: abstain")
+        for row in rows:
+            ax.annotate(f"{row['tau']:g}", (row["radius"], row["certified_accuracy"]), fontsize=7)
+    ax.set_xlabel("radius (L2)")
+    ax.set_ylabel("fraction of pixels")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_localization(
+    runs: Mapping[str, Sequence[LocalizationLog]], path: str | Path, *, threshold: float = 0.5
+) -> Path:
+    """Fraction of scenes with certified IoU ``>= threshold`` with the truth against radius, one curve per run."""
+    out = _figure_path(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    key = f"certified_iou_truth>={threshold:g}"
+    for label, logs in runs.items():
+        rows = localization_curve(logs, thresholds=(threshold,))
+        ax.plot([row["radius"] for row in rows], [row[key] for row in rows], "o-", label=label)
+    ax.set_xlabel("radius (L2)")
+    ax.set_ylabel(f"certified IoU >= {threshold:g}")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return out
