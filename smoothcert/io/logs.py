@@ -209,3 +209,18 @@ def merge_parts(
         if side.exists():
             side.unlink()
     return len(ordered)
+
+
+# Dense tasks (smoothcert.runs.tasks): one row per image. Segmentation: fractions of all pixels;
+# tp, gt, pred, gt_certified are comma-separated per-class pixel counts (certified and correct,
+# true class, certified as the class, true class and certified). Localization: one row per image
+# at the log's radius; boxes (x0, y0, x1, y1) in [0, 1].
+SEGMENTATION_COLUMNS = (
+    *("idx", "certified_correct", "abstain", "radius", "tau", "n", "n0", "time"),
+    *("selected_correct", "pixels", "tp", "gt", "pred", "gt_certified"),
+)
+LOCALIZATION_COLUMNS = (
+    *("idx", "radius", "est_x0", "est_y0", "est_x1", "est_y1"),
+    *("lo_x0", "lo_y0", "lo_x1", "lo_y1", "hi_x0", "hi_y0", "hi_x1", "hi_y1"),
+    *("true_x0", "true_y0", "true_x1", "true_y1", "iou_clean", "iou_truth", "est_iou_truth", "n", "time"),
+)

@@ -1,0 +1,258 @@
+"""Certify a split of Fashion-MNIST scenes for segmentation or localization, with resumable logs.
+
+One row per image (:data:`~smoothcert.io.logs.SEGMENTATION_COLUMNS`,
+:data:`~smoothcert.io.logs.LOCALIZATION_COLUMNS`). Scene ``idx`` draws its noise from
+:func:`smoothcert.runs.certify.example_generator` seeded with ``(seed, idx)``, so a row depends
+only on the settings and the index: a run can be interrupted and resumed without changing any
+row (except its ``time``). Several thresholds ``taus`` (segmentation) or radii (localization)
+share one sampling run and write one log each (:func:`task_log_paths`); the ``time`` of each of
+those rows is the whole image's cost. Design notes: ``docs/tasks.md`` §6.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothcert.core import percentile as pct
+from smoothcert.core import segmentation as seg
+from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.core.errors import ConfigError
+from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
+from smoothcert.io.logs import LOCALIZATION_COLUMNS, SEGMENTATION_COLUMNS, ResultWriter
+from smoothcert.io.scenes import SCENE_TASKS, SCENES_NAME, FashionScenes
+from smoothcert.models.dense import register_task_architectures
+from smoothcert.runs.certify import example_generator, select_indices
+from smoothcert.runtime.devices import resolve_device
+from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
+from smoothcert.smoothing.segmentation import SmoothedSegmenter
+
+__all__ = ["TaskRunConfig", "run_task", "segmentation_row", "task_log_paths"]
+
+
+@dataclass(frozen=True)
+class TaskRunConfig:
+    """Settings of ``smoothcert certify --task segmentation|localization``.
+
+    ``taus`` (segmentation) and ``radii`` (localization) may hold several values: one log each.
+    """
+
+    task: str
+    model: str
+    out: str
+    split: str = "test"
+    sigma: float | None = None  # None: the model's training sigma
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    taus: tuple[float, ...] = (0.75,)
+    radii: tuple[float, ...] = (0.25,)
+    percentile: float = 0.5
+    batch: int = 1000
+    skip: int = 1
+    max: int | None = None
+    seed: int = 0
+    scenes_seed: int = 0
+    scenes_size: int | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in SCENE_TASKS:
+            raise ConfigError(f"task must be one of {', '.join(SCENE_TASKS)}, got {self.task!r}")
+        for name in ("n0", "n", "batch", "skip"):
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, 0)
+        check_int("scenes_seed", self.scenes_seed, 0)
+        check_alpha(self.alpha)
+        if self.max is not None:
+            check_int("max", self.max)
+        if self.sigma is not None:
+            check_sigma(self.sigma)
+        values = self.taus if self.task == "segmentation" else self.radii
+        if not values:
+            raise ConfigError(f"{'taus' if self.task == 'segmentation' else 'radii'} must not be empty")
+        object.__setattr__(self, "taus", tuple(seg.check_tau(t) for t in self.taus))
+        object.__setattr__(self, "radii", tuple(pct.check_radius(r) for r in self.radii))
+        pct.check_percentile(self.percentile)
+
+
+def task_log_paths(config: TaskRunConfig) -> dict[float, Path]:
+    """The log of each tau (segmentation) or radius (localization): ``out`` itself for a single value,
+    else ``STEM_tau0.9.SUFFIX`` / ``STEM_r0.25.SUFFIX`` beside it."""
+    out = Path(config.out)
+    values, tag = (config.taus, "tau") if config.task == "segmentation" else (config.radii, "r")
+    if len(values) == 1:
+        return {values[0]: out}
+    return {v: out.with_name(f"{out.stem}_{tag}{v:g}{out.suffix}") for v in values}
+
+
+def _counts(values: np.ndarray, num: int) -> str:
+    return ",".join(str(int(c)) for c in np.bincount(values.reshape(-1), minlength=num))
+
+
+def segmentation_row(
+    idx: int, labels: np.ndarray, selected: np.ndarray, mask: np.ndarray, *, num_classes: int
+) -> list[Any]:
+    """The metric fields of a segmentation row (``time`` and settings filled in by the caller).
+
+    ``labels`` and ``selected`` are at full resolution, like ``mask``; returns
+    ``[idx, certified_correct, abstain, selected_correct, pixels, tp, gt, pred, gt_certified]``.
+    """
+    certified = labels >= 0
+    correct = certified & (labels == mask)
+    return [
+        idx,
+        repr(float(correct.mean())),
+        repr(float(1.0 - certified.mean())),
+        repr(float((selected == mask).mean())),
+        int(mask.size),
+        _counts(mask[correct], num_classes),
+        _counts(mask, num_classes),
+        _counts(labels[certified], num_classes),
+        _counts(mask[certified], num_classes),
+    ]
+
+
+def _load(config: TaskRunConfig, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    register_task_architectures()
+    model, meta = load_model(config.model, device=device)
+    task = meta.get("task", "classification")
+    if task != config.task:
+        raise ConfigError(
+            f"--task {config.task} needs a {config.task} model, but {config.model!r} is a {task} model "
+            f"(its model.json says task={meta.get('task')!r})"
+        )
+    return model, meta
+
+
+def run_task(config: TaskRunConfig) -> dict[float, Path]:
+    """Certify the selected scenes; returns the complete log of each tau or radius."""
+    if config.threads is not None:
+        torch.set_num_threads(check_int("threads", config.threads))
+    device = resolve_device(config.device)
+    model, meta = _load(config, device)
+    model = model.to(memory_format=torch.channels_last)
+    sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
+    dataset = FashionScenes(
+        config.task, config.split, size=config.scenes_size, seed=config.scenes_seed, data_dir=config.data_dir
+    )
+    indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)
+    base = {
+        "task": config.task,
+        "model_sha256": checkpoint_sha256(config.model),
+        "dataset": SCENES_NAME,
+        "split": config.split,
+        "scenes_seed": config.scenes_seed,
+        "sigma": sigma,
+        "n": config.n,
+        "alpha": config.alpha,
+        "seed": config.seed,
+        "device_type": device.type,
+    }
+    if config.task == "segmentation":
+        base["n0"] = config.n0
+    else:
+        base["percentile"] = config.percentile
+    if max(config.n, config.n0) > config.batch:  # the batch size splits an example's noise stream
+        base["batch"] = config.batch
+    key = "tau" if config.task == "segmentation" else "radius"
+    columns = SEGMENTATION_COLUMNS if config.task == "segmentation" else LOCALIZATION_COLUMNS
+    paths = task_log_paths(config)
+    writers: dict[float, ResultWriter] = {}
+    try:
+        for value, path in paths.items():
+            identity = {**base, key: value}
+            sidecar = {
+                "identity": identity,
+                "config": asdict(config),
+                "model": meta,
+                "versions": versions(),
+                "torch_threads": torch.get_num_threads(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            writers[value] = ResultWriter(path, columns, sidecar=sidecar, overwrite=config.overwrite)
+        todo = [i for i in indices if any(i not in w.done for w in writers.values())]
+        shape = tuple(meta["input_shape"])
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", disable=not config.progress or None, dynamic_ncols=True)
+        if config.task == "segmentation":
+            factor = int(meta.get("output_factor") or 1)
+            smoothed: Any = SmoothedSegmenter(
+                model,
+                int(meta["num_classes"]),
+                sigma,
+                device=device,
+                input_shape=shape,
+                output_shape=(shape[1] // factor, shape[2] // factor),
+                channels_last=True,
+            )
+        else:
+            smoothed = SmoothedRegressor(model, sigma, device=device, input_shape=shape, channels_last=True)
+        for idx in todo:
+            x, target = dataset[idx]
+            gen = example_generator(config.seed, idx, device)
+            began = time.perf_counter()
+            if config.task == "segmentation":
+                certs = smoothed.certify_taus(
+                    x,
+                    n0=config.n0,
+                    n=config.n,
+                    alpha=config.alpha,
+                    taus=config.taus,
+                    batch_size=config.batch,
+                    generator=gen,
+                )
+                elapsed = f"{time.perf_counter() - began:.6f}"
+                mask = target.numpy()
+                for tau, c in zip(config.taus, certs, strict=True):
+                    if idx in writers[tau].done:
+                        continue
+                    up = (mask.shape[0] // c.labels.shape[0], mask.shape[1] // c.labels.shape[1])
+                    labels = np.repeat(np.repeat(c.labels, up[0], axis=0), up[1], axis=1)
+                    selected = np.repeat(np.repeat(c.selected, up[0], axis=0), up[1], axis=1)
+                    m = segmentation_row(idx, labels, selected, mask, num_classes=int(meta["num_classes"]))
+                    row = [*m[:3], repr(c.radius), repr(tau), config.n, config.n0, elapsed, *m[3:]]
+                    writers[tau].write([row])
+            else:
+                rcerts = smoothed.certify_radii(
+                    x,
+                    n=config.n,
+                    alpha=config.alpha,
+                    radii=config.radii,
+                    percentile=config.percentile,
+                    batch_size=config.batch,
+                    generator=gen,
+                )
+                elapsed = f"{time.perf_counter() - began:.6f}"
+                truth = target.numpy().astype(np.float64)
+                for r, c in zip(config.radii, rcerts, strict=True):
+                    if idx in writers[r].done:
+                        continue
+                    fields = [*c.estimate, *c.lower, *c.upper, *truth]
+                    row = [
+                        idx,
+                        repr(r),
+                        *(repr(float(v)) for v in fields),
+                        repr(worst_case_iou(c.lower, c.upper, c.estimate)),
+                        repr(worst_case_iou(c.lower, c.upper, truth)),
+                        repr(float(box_iou(c.estimate, truth))),
+                        config.n,
+                        elapsed,
+                    ]
+                    writers[r].write([row])
+            bar.update(1)
+        bar.close()
+    finally:
+        for w in writers.values():
+            w.close()
+    return paths
