@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,12 +20,31 @@ from smoothcert.core import sequential
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.certificates import ABSTAIN, AdaptiveCertificate
-from smoothcert.smoothing.engine import ClassVotes, GeneratorArg
+from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction
+from smoothcert.smoothing.noises import Noise
 
-if TYPE_CHECKING:
-    from smoothcert.smoothing.classifier import SmoothedClassifier
+__all__ = ["SequentialSettings", "Voter", "certify_sequential"]
 
-__all__ = ["SequentialSettings", "certify_sequential"]
+
+class Voter(Protocol):
+    """What sequential CERTIFY needs of a smoothed classifier (``SmoothedClassifier`` is one)."""
+
+    num_classes: int
+    sigma: float
+    noise: Noise
+    norm: str
+
+    def run_engine(
+        self,
+        xs: torch.Tensor,
+        reduction: Reduction,
+        *,
+        n: int | Sequence[int],
+        batch_size: int,
+        generator: GeneratorArg,
+    ) -> Any: ...
+
+    def radius_of(self, p_lower: Any, *, dim: int) -> np.ndarray: ...
 
 
 def _nonnegative(name: str, value: float | None) -> float | None:
@@ -71,7 +90,7 @@ class SequentialSettings:
         """The stage grid and the per-stage levels, fixed before any sample is drawn."""
         return sequential.make_schedule(n_max=self.n_max, alpha=self.alpha, beta=self.beta, n_first=self.n_first)
 
-    def target(self, smoothed: SmoothedClassifier, dim: int) -> float | None:
+    def target(self, smoothed: Voter, dim: int) -> float | None:
         """``p*``, the ``pA`` at which the noise's radius equals ``radius`` (decision mode), else None.
 
         Raises ConfigError when no ``pA < 1`` certifies ``radius`` with this noise, norm and ``dim``.
@@ -88,7 +107,7 @@ class SequentialSettings:
 
 
 def certify_sequential(
-    smoothed: SmoothedClassifier,
+    smoothed: Voter,
     xs: torch.Tensor,
     settings: SequentialSettings,
     *,

@@ -197,7 +197,7 @@ class OutputSamples:
         assert self._rows is not None
         pos = 0
         for i, size in segments:
-            self._parts[i].append(self._rows[pos : pos + size].cpu())
+            self._parts[i].append(self._rows[pos : pos + size].to("cpu", copy=True))  # the buffer is reused
             pos += size
 
     def result(self) -> list[NDArray[np.float64]]:

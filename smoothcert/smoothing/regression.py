@@ -30,21 +30,6 @@ from smoothcert.smoothing.smoothed import SmoothedModel
 __all__ = ["RegressionCertificate", "SmoothedRegressor", "box_iou", "worst_case_iou"]
 
 
-class _OwnedOutputSamples(OutputSamples):
-    """:class:`OutputSamples` that copies each block's rows before the buffer is refilled.
-
-    ``OutputSamples.fold`` keeps ``rows.cpu()``, which on a CPU device is a view of the reused
-    buffer, so with ``n > batch_size`` every block would alias the last one; cloning avoids it.
-    """
-
-    def fold(self, segments: Sequence[tuple[int, int]]) -> None:
-        assert self._rows is not None
-        pos = 0
-        for i, size in segments:
-            self._parts[i].append(self._rows[pos : pos + size].to("cpu", copy=True))
-            pos += size
-
-
 def _frozen(a: NDArray[np.float64]) -> NDArray[np.float64]:
     a = np.ascontiguousarray(a, dtype=np.float64)
     a.flags.writeable = False
@@ -130,7 +115,7 @@ class SmoothedRegressor(SmoothedModel):
         """The base model's outputs on ``n`` noisy copies of ``x``: an ``(n, D)`` float64 array."""
         xs = self._prepare(x, batch=False)
         out: list[NDArray[np.float64]] = self.run_engine(
-            xs, _OwnedOutputSamples(), n=check_int("n", n), batch_size=batch_size, generator=generator
+            xs, OutputSamples(), n=check_int("n", n), batch_size=batch_size, generator=generator
         )
         return out[0]
 
