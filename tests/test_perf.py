@@ -232,10 +232,10 @@ class Step(torch.nn.Module):
 
 def test_probe_counts_passes_within_budget():
     # 0.1 s per pass and a 5 s budget: at most 51 passes (50 start before the budget is spent, the
-    # one in progress may end past it); at least the two first passes, a warm-up and a timed pass of 32
+    # one in progress may end past it); at least the three first passes, a warm-up and a timed pass of 32
     m = Step()
     rec = perf.probe_pass_size(m, SHAPE, device=CPU, max_size=2048, budget_s=5.0, clock=lambda: m.t)
-    assert 4 <= m.count <= 51 and rec.passes == m.count, m.count
+    assert 5 <= m.count <= 51 and rec.passes == m.count, m.count
     assert rec.budget_spent and rec.seconds == pytest.approx(0.1 * m.count)
     # positive control: with the budget check disabled the same probe runs hundreds of passes
     control = Step()
@@ -243,17 +243,17 @@ def test_probe_counts_passes_within_budget():
     assert control.count > 100, control.count
 
 
-def test_probe_of_a_model_too_slow_for_its_budget_runs_two_small_passes():
-    # second pass: 4 samples in 0.1 s; a warm-up and a pass of 32 would take 1.6 s > 0.8 s left: none is
+def test_probe_of_a_model_too_slow_for_its_budget_runs_three_small_passes():
+    # third pass: 4 samples in 0.1 s; a warm-up and a pass of 32 would take 1.6 s > 0.7 s left: none is
     # run, and the smallest candidate is chosen unmeasured
     m = Step()
     rec = perf.probe_pass_size(m, SHAPE, device=CPU, max_size=2048, budget_s=1.0, clock=lambda: m.t)
-    assert m.count == 2 == rec.passes and rec.size == 32 and rec.rates == () and rec.budget_spent
+    assert m.count == 3 == rec.passes and rec.size == 32 and rec.rates == () and rec.budget_spent
 
 
 def test_probe_skips_a_candidate_whose_predicted_cost_does_not_fit():
-    # 0.25 s budget, 0.05 s per 32 samples: two passes of 4 samples, then 32 (warm-up + 1 timed pass:
-    # its share of the budget is 0.25 / 8) leaves 0.1375 s; 64 would need 0.2 s (warm-up + 1 pass)
+    # 0.25 s budget, 0.05 s per 32 samples: three passes of 4 samples, then 32 (warm-up + 1 timed pass:
+    # its share of the budget is 0.25 / 8) leaves 0.13125 s; 64 would need 0.2 s (warm-up + 1 pass)
     clock = FakeClock(0.05)
     model = Counting(clock)
     rec = perf.probe_pass_size(model, SHAPE, device=CPU, max_size=1024, budget_s=0.25, min_samples=1, clock=clock)

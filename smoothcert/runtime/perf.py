@@ -326,7 +326,7 @@ def probe_pass_size(
     sizes measured, interleaved, so that a burst of load elsewhere on the machine hits every size
     alike; the size with the highest median samples per second wins.
 
-    The budget bounds wall time: two passes of 4 samples give a rate; a candidate is tried only
+    The budget bounds wall time: three passes of 4 samples give a rate; a candidate is tried only
     if its warm-up and one pass, predicted from the best rate so far, fit in what is left of the
     budget (when not even the smallest fits, it is chosen unmeasured), and no pass starts once
     the budget is spent. The probe so takes about ``budget_s`` at most, plus one pass where a
@@ -401,16 +401,18 @@ def _probe(
 
     rates: dict[int, list[float]] = {}
     with eval_mode(model), torch.inference_mode(), amp:
-        # two passes of a few samples (the first pays one-time costs): a pessimistic rate that
-        # predicts what larger passes cost
+        # passes of a few samples (the first pays one-time costs, the best of two more is kept): a
+        # pessimistic rate that predicts what larger passes cost
         tiny = torch.rand((min(_CALIBRATION, sizes[0]), *input_shape), device=device).contiguous(memory_format=fmt)
         forward(tiny)
         first = 0.0
-        if left() > 0:
+        for _ in range(2):
+            if left() <= 0:
+                break
             t0 = clock()
             forward(tiny)
             elapsed = clock() - t0
-            first = len(tiny) / elapsed if elapsed > 0 else math.inf
+            first = max(first, len(tiny) / elapsed if elapsed > 0 else math.inf)
         inputs: dict[int, torch.Tensor] = {}
         for size in sizes:
             best = max((r[0] for r in rates.values()), default=first)
