@@ -23,6 +23,7 @@ per sample; its share of the peak is the figure to read.
   a channels-last copy of the model, ``channels_last=True`` and ``pass_size="auto"`` (measured by
   :func:`~smoothcert.runtime.perf.choose_pass_size`, at most the batch).
 - ``new + bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)``, where supported.
+- ``new + fp16`` (``--fp16``, CUDA only): the same under ``torch.autocast(dtype=torch.float16)``.
 
 Each row times, interleaved in rounds (rotated order, after one warm-up of each):
 (a) the raw forward rate of the base model on CERTIFY's own pass schedule, under the row's
@@ -43,7 +44,10 @@ one ``small_cnn`` input at n = 10,000 and n = 100,000.
     python benchmarks/certify_throughput.py --json out.json       # also write every figure
     python benchmarks/certify_throughput.py --quick --models small_cnn   # a smoke run, well under a minute
 
-On a CUDA device (the default when one is present) resnet50 is added and n = 100,000.
+On a CUDA device (the default when one is present) resnet50 is added and n = 100,000. ``--n`` sets n
+for every model; ``--warmup-n`` runs each function's warm-up at a smaller n (the pass sizes, hence the
+kernels autotuned, are those of the timed runs), which keeps a GPU run at N = 100,000 short
+(``benchmarks/gpu.sh``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ CPU_N = {"small_cnn": 10_000, "cifar_resnet20": 2_000, "cifar_resnet110": 500, "
 QUICK_N = {"small_cnn": 2_000, "cifar_resnet20": 300, "cifar_resnet110": 100, "resnet50": 100}
 # inputs for the PREDICT comparison on a CPU (n = 100 each)
 CPU_PREDICT_INPUTS = {"small_cnn": 1000, "cifar_resnet20": 100, "cifar_resnet110": 30, "resnet50": 20}
+# the autocast dtype of each CERTIFY row's configuration
+AMP: dict[str, torch.dtype | None] = {"old": None, "new": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- the hardware limit
@@ -118,6 +124,8 @@ def measure_peaks(device: torch.device, repeats: int) -> dict[str, float]:
     peaks = {"fp32": matmul_peak(torch.float32, device, size=size, repeats=repeats)}
     if bf16_supported(device):
         peaks["bf16"] = matmul_peak(torch.bfloat16, device, size=size, repeats=repeats)
+    if device.type == "cuda":
+        peaks["fp16"] = matmul_peak(torch.float16, device, size=size, repeats=repeats)
     return peaks
 
 
@@ -179,13 +187,19 @@ def reference_predict(
 # ----------------------------------------------------------------------------- timing
 
 
-def round_times(fns: list[Callable[[], Any]], repeats: int, device: torch.device) -> np.ndarray:
+def round_times(
+    fns: list[Callable[[], Any]],
+    repeats: int,
+    device: torch.device,
+    warmups: Sequence[Callable[[], Any]] | None = None,
+) -> np.ndarray:
     """Times of each function in each of ``repeats`` rounds, shape (repeats, len(fns)).
 
     Each round runs every function once, interleaved and in rotated order, so a change in the machine's speed hits
     them alike; rates are then taken from median times and ratios from the median of the per-round ratios.
+    ``warmups`` (default: ``fns``) run once first, e.g. the same work at a smaller n.
     """
-    for fn in fns:
+    for fn in fns if warmups is None else warmups:
         fn()  # warm-up (allocations, pass-size probe, cudnn autotune)
     times = np.zeros((repeats, len(fns)))
     for r in range(repeats):
@@ -223,28 +237,29 @@ def bench_certify(arch: str, config: str, args: argparse.Namespace, device: torc
     shape = SHAPES[arch]
     model, k = build(arch, device)
     b, n0, n = args.batch, args.n0, args.n[arch]
+    wn = min(n, args.warmup_n) if args.warmup_n else n  # n of the warm-up runs
     x = torch.rand(shape, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     alpha, sigma = 0.001, 0.25
 
-    def ref() -> None:
-        reference_certify(model, x.unsqueeze(0), n0, n, alpha, b, sigma, k)
+    def ref(m: int = n) -> None:
+        reference_certify(model, x.unsqueeze(0), n0, m, alpha, b, sigma, k)
 
     row: dict[str, Any] = {"model": arch, "config": config, "batch": b, "n0": n0, "n": n}
     if config == "old":
-        smoothed = SmoothedClassifier(model, k, sigma, device=device)
+        smoothed = SmoothedClassifier(model, k, sigma, device=device, pass_size=None)
         row["pass_size"] = b
-        times = round_times(
-            [lambda: smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=b, generator=gen), ref],
-            args.old_repeats,
-            device,
-        )
+
+        def old(m: int = n) -> None:
+            smoothed.certify(x, n0=n0, n=m, alpha=alpha, batch_size=b, generator=gen)
+
+        times = round_times([old, ref], args.old_repeats, device, warmups=[lambda: old(wn), lambda: ref(wn)])
         t_ours, t_ref = np.median(times, axis=0)
         row["raw_forward_samples_per_s"] = None
         row["b_over_a"] = None
         row["b_over_c"] = float(np.median(times[:, 1] / times[:, 0]))
     else:
-        amp = torch.bfloat16 if config == "bf16" else None
+        amp = AMP[config]
         fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
         p = choose_pass_size(fast, shape, device=device, max_size=b, channels_last=True, autocast_dtype=amp)
         row["pass_size"] = p
@@ -253,21 +268,21 @@ def bench_certify(arch: str, config: str, args: argparse.Namespace, device: torc
             fast, k, sigma, device=device, channels_last=True, pass_size="auto", autocast_dtype=amp
         )
         data = torch.rand((p, *shape), device=device).contiguous(memory_format=torch.channels_last)
-        sizes = certify_passes(n0, n, b, p)
 
-        def raw() -> None:
+        def raw(m: int = n) -> None:
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None),
             ):
-                for size in sizes:
+                for size in certify_passes(n0, m, b, p):
                     fast(data[:size]).argmax(1)
 
-        def ours() -> None:
-            smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=b, generator=gen)
+        def ours(m: int = n) -> None:
+            smoothed.certify(x, n0=n0, n=m, alpha=alpha, batch_size=b, generator=gen)
 
         fns: list[Callable[[], Any]] = [raw, ours] + ([ref] if amp is None else [])
-        times = round_times(fns, args.repeats, device)
+        warm: list[Callable[[], Any]] = [lambda: raw(wn), lambda: ours(wn)] + ([lambda: ref(wn)] if amp is None else [])
+        times = round_times(fns, args.repeats, device, warmups=warm)
         med = np.median(times, axis=0)
         t_raw, t_ours = med[0], med[1]
         t_ref = med[2] if amp is None else None
@@ -367,11 +382,11 @@ def annotate(row: dict[str, Any], flops: float, peaks: dict[str, float]) -> None
 def print_certify_table(rows: list[dict[str, Any]]) -> None:
     print(
         "| model | config | pass | n | MFLOP/sample | (a) raw forward /s | (b) CERTIFY /s | GFLOP/s | "
-        "% fp32 peak | % bf16 peak | b/a | (c) 2019 loop /s | b/c | s/example at N=100k |"
+        "% fp32 peak | % bf16/fp16 peak | b/a | (c) 2019 loop /s | b/c | s/example at N=100k |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        fp32, bf16 = r.get("share_of_fp32_peak"), r.get("share_of_bf16_peak")
+        fp32, bf16 = r.get("share_of_fp32_peak"), r.get("share_of_bf16_peak", r.get("share_of_fp16_peak"))
         print(
             f"| {r['model']} | {r['config']} | {r['pass_size']} | {r['n']:,} | {r['mflop_per_sample']:.1f} | "
             f"{_fmt(r['raw_forward_samples_per_s'], ',.0f')} | {r['smoothcert_samples_per_s']:,.0f} | "
@@ -408,6 +423,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-old", action="store_true", help="skip the old-default rows (and their child process)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    p.add_argument("--fp16", action="store_true", help="add fp16 autocast rows (CUDA only)")
+    p.add_argument("--n", dest="n_all", type=int, default=None, help="samples per CERTIFY for every model")
+    p.add_argument("--warmup-n", type=int, default=None, help="n of each function's warm-up run (default: the timed n)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument(
         "--quick",
@@ -430,6 +448,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.models if args.predict_models is None else [m for m in args.predict_models.split(",") if m]
     )
     args.n = dict.fromkeys(SHAPES, 100_000) if gpu else dict(QUICK_N if args.quick else CPU_N)
+    if args.n_all is not None:
+        args.n = dict.fromkeys(SHAPES, args.n_all)
+    if args.fp16 and not gpu:
+        p.error("--fp16 needs a CUDA device")
     if args.quick:
         args.repeats, args.old_repeats, args.peak_repeats, args.predict_repeats = 2, 1, 3, 1
         args.no_memory = True
@@ -473,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result: dict[str, Any] = {
         "machine": machine(),
         "device": str(device),
-        "malloc_tuned": tuned,
+        "malloc_tuned": tuned.as_dict(),
         "threads_new": threads,
         "threads_old": old["threads"] if old else None,
     }
@@ -487,16 +509,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(bench_certify(m, "new", args, device))
         if use_bf16:
             rows.append(bench_certify(m, "bf16", args, device))
+        if args.fp16:
+            rows.append(bench_certify(m, "fp16", args, device))
     predict = [bench_predict(m, args, device) for m in args.predict_models]
     peaks_end = measure_peaks(device, args.peak_repeats)
     peaks = {kind: max(peaks_start[kind], peaks_end[kind]) for kind in peaks_start}
     result["peak_gflop_per_s"] = peaks
     result["peak_gflop_per_s_start_end"] = {"start": peaks_start, "end": peaks_end}
-    order = {"old": 0, "new": 1, "bf16": 2}
+    order = {"old": 0, "new": 1, "bf16": 2, "fp16": 3}
     rows.sort(key=lambda r: (args.models.index(r["model"]), order[r["config"]]))
     for r in rows:
-        # the share of the bf16 peak is meaningful only for the bf16 row, of fp32 for the others
-        annotate(r, flops[r["model"]], {k: v for k, v in peaks.items() if (k == "bf16") == (r["config"] == "bf16")})
+        # the share of the bf16 (fp16) peak is meaningful only for the bf16 (fp16) row, of fp32 for the others
+        kind = r["config"] if r["config"] in ("bf16", "fp16") else "fp32"
+        annotate(r, flops[r["model"]], {k: v for k, v in peaks.items() if k == kind})
         base = next((o for o in rows if o["model"] == r["model"] and o["config"] == "old"), None)
         r["speedup_over_old"] = r["smoothcert_samples_per_s"] / base["smoothcert_samples_per_s"] if base else None
     result["certify"] = rows
@@ -505,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak_txt = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items())
     print(
         f"machine: {result['machine']}; threads: old {result['threads_old']}, new {threads}; "
-        f"malloc tuned: {tuned}\nmatmul peak (best of start and end of run): {peak_txt}\n"
+        f"{tuned.describe()}\nmatmul peak (best of start and end of run): {peak_txt}\n"
     )
     print_certify_table(rows)
     print()

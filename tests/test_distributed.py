@@ -164,3 +164,41 @@ def test_overwrite_under_torchrun_replaces_the_sidecar(setup, tmp_path):
     assert json.loads(Path(str(out) + ".json").read_text())["identity"]["n"] == 30
     rows = [ln.split("\t") for ln in out.read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["0", "2"] and {r[7] for r in rows} == {"30"}  # rank 0's share, at n = 30
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "local_world", "gpus", "expected"),
+    [
+        (0, 2, 2, (0, "nccl")),  # a GPU each
+        (1, 2, 2, (1, "nccl")),
+        (1, 2, 4, (1, "nccl")),
+        (0, 2, 1, (0, "gloo")),  # two ranks on one GPU: shared, and NCCL would refuse it
+        (1, 2, 1, (0, "gloo")),
+        (3, 4, 2, (1, "gloo")),
+    ],
+)
+def test_cuda_placement_shares_gpus_when_ranks_outnumber_them(local_rank, local_world, gpus, expected):
+    from smoothcert.runtime.distributed import cuda_placement
+
+    assert cuda_placement(local_rank, local_world, gpus) == expected
+
+
+def test_cuda_placement_needs_a_gpu():
+    from smoothcert.runtime.distributed import cuda_placement
+
+    with pytest.raises(ValueError, match="device_count must be >= 1, got 0"):
+        cuda_placement(0, 1, 0)
+
+
+def test_each_rank_of_a_torchrun_gets_its_share_of_the_cores():
+    """What a rank's CLI start-up sets (perf.set_threads), in a child with torchrun's environment:
+    2 local ranks without OMP_NUM_THREADS take cores // 2 each; with it set, its value."""
+    code = "from smoothcert.runtime.perf import set_threads, available_cores; print(set_threads(), available_cores())"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(LOCAL_WORLD_SIZE="2", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    threads, cores = map(int, out.stdout.split())
+    assert threads == max(1, cores // 2)
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[0] == "1"
