@@ -9,6 +9,11 @@ and differ only in the engine's reduction and in the statistics they apply to it
 pixels in ``[0, 1]`` and put any per-channel normalization inside the base model (as its first
 layer): then the certificate is a radius in ``[0, 1]`` pixel space. Noisy inputs are never
 clipped to ``[0, 1]``, since clipping would change the smoothing distribution.
+
+**Sound mode** (``sound=True``, ``docs/sound.md``): inputs must lie on the grid ``i / grid``
+(within :data:`smoothcert.core.lattice.GRID_TOLERANCE` of ``grid * x``) and the noise is drawn on
+that grid, on integers (:class:`smoothcert.smoothing.sound.GridNoise`); :meth:`SmoothedModel.tv_bound`
+is then the sampler's residual total variation per noisy input, which the statistics account for.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from smoothcert.core import lattice
 from smoothcert.core.checks import check_int, check_sigma
 from smoothcert.smoothing.engine import GeneratorArg, Reduction, run_samples
 from smoothcert.smoothing.noises import Noise, make_noise
+from smoothcert.smoothing.sound import GridNoise
 
 __all__ = ["SmoothedModel"]
 
@@ -58,6 +65,9 @@ class SmoothedModel:
             call's ``batch_size``) or ``None`` (the ``batch_size`` of each call). Neither the pass
             size nor the memory format changes the noise; the base model's last bits may
             depend on them (see :mod:`smoothcert.smoothing.engine`).
+        sound: draw the noise on the inputs' grid, on integers (sound mode; default False).
+        grid: the grid ``q`` of sound mode (inputs ``i / q``); default 255 (8-bit pixels).
+            Only with ``sound=True``.
     """
 
     def __init__(
@@ -72,6 +82,8 @@ class SmoothedModel:
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = None,
+        sound: bool = False,
+        grid: int | None = None,
     ) -> None:
         if not callable(base_model):
             raise TypeError(f"the base model must be callable, got {type(base_model).__name__}")
@@ -86,6 +98,13 @@ class SmoothedModel:
         else:
             raise TypeError(f"noise must be a noise name or a smoothing.noises.Noise, got {type(noise).__name__}")
         self.norm = self.noise.check_norm(norm)
+        if not isinstance(sound, bool):
+            raise TypeError(f"sound must be a bool, got {type(sound).__name__} {sound!r}")
+        if grid is not None and not sound:
+            raise ValueError(f"grid={grid!r} applies only to sound mode: pass sound=True as well")
+        self.sound = sound
+        self.grid: int | None = (255 if grid is None else check_int("grid", grid, 2)) if sound else None
+        self.sampler: Noise | GridNoise = GridNoise(self.noise, self.grid) if self.grid is not None else self.noise
         self.device = torch.device(device) if device is not None else _model_device(base_model)
         if device is not None and isinstance(base_model, torch.nn.Module):
             base_model.to(self.device)
@@ -112,6 +131,8 @@ class SmoothedModel:
             raise ValueError(f"{name} has the wrong rank: got shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        if self.grid is not None:
+            lattice.check_grid(x.detach().to("cpu", torch.float64).numpy(), self.grid, name=name)
         if self.device is not None:
             x = x.to(self.device)
         return x if batch else x.unsqueeze(0)
@@ -142,7 +163,7 @@ class SmoothedModel:
             self.base_model,
             xs,
             n=n,
-            noise=self.noise,
+            noise=self.sampler,
             reduction=reduction,
             batch_size=batch_size,
             pass_size=pass_size,
@@ -150,6 +171,14 @@ class SmoothedModel:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )
+
+    def tv_bound(self, dim: int) -> float:
+        """Bound on the total variation between the law of one noisy input and the smoothing law.
+
+        0 in float mode (which does not account for floating point; see ``docs/sound.md``); in
+        sound mode ``dim`` times the sampler's per-coordinate residual.
+        """
+        return self.sampler.tv_bound(dim) if isinstance(self.sampler, GridNoise) else 0.0
 
     def radius_of(self, p_lower: Any, *, dim: int) -> NDArray[np.float64]:
         """The noise's certified radius in ``self.norm`` for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
