@@ -48,7 +48,7 @@ class SmoothedClassifier(SmoothedModel):
     **Sound mode** (``sound=True``, ``grid=255``; ``docs/sound.md``): inputs must be on the grid
     ``i / grid`` and the noise is drawn on it, on integers. A certificate then holds for every
     input on the same grid within ``radius``, the generator's randomness the only assumption;
-    the sampler's residual total variation ``tv_bound`` (about ``1e-13`` for 784 pixels) is
+    the sampler's residual total variation ``tv_bound`` (about ``2e-13`` for 784 pixels) is
     subtracted from ``p_lower`` and recorded. In float mode (the default) the model sees
     ``fl(x + fl(eps))``, whose law is not the one the radius formulas assume.
 
