@@ -115,6 +115,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"Sound / float CERTIFY throughput: **{res['ratio_sound_over_float']:.3f}x** "
             "(median of the per-round ratios).",
             "",
+            *(["A `--quick` smoke run (few samples and rounds): indicative only.", ""] if res.get("quick") else []),
         ]
     )
 
