@@ -455,7 +455,9 @@ def _false_rate(noise: str, norm: str, d: float, inflate: float = 1.0, runs: int
     return sum(c.radius * inflate > d for c in certs)
 
 
-NOISE_NORMS = [("gaussian", "l2"), ("gaussian", "l1"), ("laplace", "l1"), ("uniform", "l1"), ("uniform", "linf")]
+# uniform L-infinity is not here: this oracle's distance is far above its radius formula, so the
+# count could not fail (issue 19); the tight C x H x W oracles below cover every pair
+NOISE_NORMS = [("gaussian", "l2"), ("gaussian", "l1"), ("laplace", "l1"), ("uniform", "l1")]
 
 
 @pytest.mark.slow

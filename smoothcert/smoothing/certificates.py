@@ -29,7 +29,8 @@ class Certificate:
     """Result of CERTIFY for one input.
 
     With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
-    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2).
+    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2); in
+    sound mode for every such ``x + delta`` on the grid ``1 / grid`` (``docs/sound.md`` §2).
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
