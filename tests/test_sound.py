@@ -268,3 +268,17 @@ def test_rounding_reader_distinguishes_the_two_float_inputs_and_not_the_grid_one
     zs = g.perturb_(torch.empty(2000, 784), torch.zeros(784), torch.Generator().manual_seed(0))
     za = g.perturb_(torch.empty(2000, 784), torch.full((784,), 1 / 255), torch.Generator().manual_seed(0))
     assert reader(zs).argmax(1).double().mean() == reader(za).argmax(1).double().mean() == 1.0
+
+
+def test_refinement_path_alone_draws_the_discretized_law():
+    # every bucket marked ambiguous: each draw takes the 16 + 46-bit path and the full search;
+    # the chi-square test above must still pass (the two parts compose into a uniform 62-bit u)
+    g = GridNoise(make_noise("gaussian", 0.25), 255)
+    buckets, thresholds = g._tables(torch.device("cpu"))
+    g._device_tables["cpu"] = (torch.full_like(buckets, L.AMBIGUOUS), thresholds)
+    draws = g.draw_(torch.empty(500_000, dtype=torch.int32), torch.Generator().manual_seed(4)).numpy()
+    assert _chi2_pvalue(draws.astype(np.int64), "gaussian", 0.25, 255) > 1e-4
+    # control: dropping the top bits (u = low bits only) puts every draw in the far lower tail
+    u = torch.randint(0, 2**46, (1000,), generator=torch.Generator().manual_seed(4))
+    wrong = L.lattice_table("gaussian", 0.25, 255).low + torch.searchsorted(thresholds, u, right=True)
+    assert int(wrong.max()) < -4 * 64  # all beyond 4 sigma q: the chi-square would reject at once
