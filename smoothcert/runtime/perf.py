@@ -400,10 +400,12 @@ def _probe(
         return done * len(x) / elapsed if elapsed > 0 else math.inf
 
     rates: dict[int, list[float]] = {}
+    local = torch.Generator(device=device).manual_seed(0)  # the probe never touches the global RNG
     with eval_mode(model), torch.inference_mode(), amp:
         # passes of a few samples (the first pays one-time costs, the best of two more is kept): a
         # pessimistic rate that predicts what larger passes cost
-        tiny = torch.rand((min(_CALIBRATION, sizes[0]), *input_shape), device=device).contiguous(memory_format=fmt)
+        tiny = torch.rand((min(_CALIBRATION, sizes[0]), *input_shape), device=device, generator=local)
+        tiny = tiny.contiguous(memory_format=fmt)
         forward(tiny)
         first = 0.0
         for _ in range(2):
@@ -419,7 +421,8 @@ def _probe(
             if left() <= 0 or best <= 0 or (math.isfinite(best) and 2 * size / best > left()):
                 spent = True
                 break
-            inputs[size] = torch.rand((size, *input_shape), device=device).contiguous(memory_format=fmt)
+            x = torch.rand((size, *input_shape), device=device, generator=local)
+            inputs[size] = x.contiguous(memory_format=fmt)
             forward(inputs[size])  # warm-up
             if left() <= 0 and rates:
                 spent = True

@@ -4,27 +4,42 @@ The stopping rules and their union-bound validity are torch-free (:mod:`smoothce
 construction and proof sketch in ``docs/sequential.md``). Here they drive the sampling engine:
 :class:`SequentialSettings` holds and checks the settings once, and :func:`certify_sequential`
 runs the stages for a batch, the next stage of every still-active input sharing forward passes.
+
+**Max-radius tolerance.** Max-radius mode stops when more samples cannot raise the radius by
+more than a tolerance. By default the tolerance is relative: ``radius_rtol`` (1.5%) of the
+*attainable* radius ``R_max = R(L_max)``, where ``L_max = CP_lower(n_max, n_max, alpha_K)`` is the
+largest lower bound the final stage can give (every vote for the class). An absolute tolerance
+in units of ``sigma`` is wrong for L-infinity, whose radii are about ``sqrt(d)`` times smaller
+than L2's (uniform noise: ``R_max`` is below ``0.05 sigma`` for ``d`` = 784, so every run stopped
+at the first stage). ``radius_tol`` remains as an explicit absolute override.
+
+**Sound mode.** Each stage's bounds are about the sampler's law; the smoothing law's ``pA`` is
+within ``tv_bound`` of it, so lower bounds are reduced, and upper bounds raised, by ``tv_bound``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
-from smoothcert.core import sequential
+from smoothcert.core import sequential, stats
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.certificates import ABSTAIN, AdaptiveCertificate
 from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction
 from smoothcert.smoothing.noises import Noise
 
-__all__ = ["SequentialSettings", "Voter", "certify_sequential"]
+__all__ = ["DEFAULT_RADIUS_RTOL", "SequentialSettings", "Voter", "certify_sequential"]
 
+DEFAULT_RADIUS_RTOL = 0.015
+"""Default max-radius tolerance as a fraction of the attainable radius (about ``0.056 sigma`` for
+Gaussian L2 at ``n_max`` = 100,000 and ``alpha`` = 0.001, close to the former ``0.05 sigma``)."""
 
 class Voter(Protocol):
     """What sequential CERTIFY needs of a smoothed classifier (``SmoothedClassifier`` is one)."""
@@ -33,6 +48,10 @@ class Voter(Protocol):
     sigma: float
     noise: Noise
     norm: str
+    sound: bool
+    grid: int | None
+
+    def tv_bound(self, dim: int) -> float: ...
 
     def run_engine(
         self,
@@ -65,8 +84,9 @@ class SequentialSettings:
 
     ``radius=r`` selects decision mode (is ``g`` robust at ``r``?), ``radius=None`` max-radius
     mode, which stops at ``radius_cap`` or when more samples cannot raise the radius by more than
-    ``radius_tol`` (default ``0.05 * sigma``). ``beta`` (default ``alpha``) is the futility level;
-    the stage grid doubles from ``n_first`` to ``n_max``.
+    a tolerance: ``radius_tol`` if given (absolute, in the norm's units), else ``radius_rtol``
+    times the attainable radius at ``n_max`` (module docstring). ``beta`` (default ``alpha``) is
+    the futility level; the stage grid doubles from ``n_first`` to ``n_max``.
     """
 
     alpha: float
@@ -78,11 +98,12 @@ class SequentialSettings:
     n_first: int = 64
     radius_cap: float | None = None
     radius_tol: float | None = None
+    radius_rtol: float = DEFAULT_RADIUS_RTOL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
         object.__setattr__(self, "n0", check_int("n0", self.n0))
-        for name in ("radius", "radius_cap", "radius_tol"):
+        for name in ("radius", "radius_cap", "radius_tol", "radius_rtol"):
             object.__setattr__(self, name, _nonnegative(name, getattr(self, name)))
         self.schedule()  # checks alpha, beta, n_first, n_max
 
@@ -105,6 +126,17 @@ class SequentialSettings:
             )
         return p_star
 
+    def tolerance(
+        self, schedule: sequential.Schedule, radius_of: Callable[[NDArray[np.float64]], NDArray[np.float64]]
+    ) -> float:
+        """The max-radius tolerance: ``radius_tol``, else ``radius_rtol * R(CP_lower(n_max, n_max, alpha_K))``."""
+        if self.radius_tol is not None:
+            return self.radius_tol
+        n = schedule.n_max
+        p_max = np.atleast_1d(stats.clopper_pearson_lower(n, n, schedule.alphas[-1]))
+        assert self.radius_rtol is not None
+        return float(self.radius_rtol * radius_of(np.asarray(p_max, dtype=np.float64))[0])
+
 
 def certify_sequential(
     smoothed: Voter,
@@ -117,7 +149,7 @@ def certify_sequential(
     """Sequential CERTIFY of each input of the prepared batch ``xs`` (see ``SmoothedClassifier.certify_adaptive``)."""
     schedule = settings.schedule()
     k, dim = len(xs), int(xs[0].numel())
-    tol = 0.05 * smoothed.sigma if settings.radius_tol is None else settings.radius_tol
+    tv = smoothed.tv_bound(dim)
     gens = _per_input(generator, k)
     votes = ClassVotes(smoothed.num_classes)
     if labels is None:
@@ -136,8 +168,11 @@ def certify_sequential(
         n0 = 0
     p_star = settings.target(smoothed, dim)
 
-    def radius_of(p: np.ndarray) -> np.ndarray:
-        return smoothed.radius_of(p, dim=dim)
+    def radius_of(p: NDArray[np.float64]) -> NDArray[np.float64]:
+        # bounds on the sampler's pA, moved by the residual to bounds on the smoothing law's pA
+        return smoothed.radius_of(np.maximum(np.asarray(p, dtype=np.float64) - tv, 0.0), dim=dim)
+
+    tol = settings.tolerance(schedule, radius_of)
 
     count = np.zeros(k, dtype=np.int64)
     best = np.zeros(k)
@@ -152,7 +187,7 @@ def certify_sequential(
         count[active] += stage_votes[np.arange(len(active)), selected[active]]
         drawn = size
         if p_star is not None:
-            decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star)
+            decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star + tv)
             stop = decision != sequential.CONTINUE
             rad = np.where(decision == sequential.CERTIFIED, radius_of(lower), 0.0)
         else:
@@ -179,8 +214,8 @@ def certify_sequential(
                 decision=str(decision[j]),
                 n_used=n0 + size,
                 stage=stage + 1,
-                p_lower=float(lower[j]),
-                p_upper=float(upper[j]),
+                p_lower=max(float(lower[j]) - tv, 0.0),
+                p_upper=min(float(upper[j]) + tv, 1.0),
                 count=int(count[i]),
                 n=size,
                 n0=n0,
@@ -191,6 +226,9 @@ def certify_sequential(
                 radius_tested=settings.radius,
                 norm=smoothed.norm,
                 noise=smoothed.noise.name,
+                sound=smoothed.sound,
+                grid=smoothed.grid,
+                tv_bound=tv,
             )
         active = active[~stop]
         if len(active) == 0:

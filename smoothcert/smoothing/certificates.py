@@ -29,7 +29,8 @@ class Certificate:
     """Result of CERTIFY for one input.
 
     With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
-    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2).
+    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2); in
+    sound mode for every such ``x + delta`` on the grid ``1 / grid`` (``docs/sound.md`` §2).
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
@@ -43,6 +44,10 @@ class Certificate:
         selected: the class picked by the ``n0`` selection samples (also when abstaining).
         norm: the threat norm the radius is measured in (``l2`` by default).
         noise: the smoothing noise's name (``gaussian`` by default).
+        sound: whether the noise was drawn on the input's grid (sound mode, ``docs/sound.md``).
+        grid: the grid ``q`` of sound mode (``None`` in float mode).
+        tv_bound: total-variation residual per noisy input (0 in float mode); ``p_lower`` is
+            already reduced by it (the Clopper–Pearson bound minus ``tv_bound``).
     """
 
     label: int
@@ -56,6 +61,9 @@ class Certificate:
     selected: int
     norm: str = "l2"
     noise: str = "gaussian"
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
     @property
     def abstained(self) -> bool:
@@ -75,7 +83,12 @@ class Prediction:
         runner_up_count: votes for the second class.
         n: number of samples.
         pvalue: two-sided binomial p-value of ``count`` out of ``count + runner_up_count``.
-        alpha: significance level; the label is returned iff ``pvalue <= alpha``.
+        alpha: significance level; the label is returned iff ``pvalue <= alpha - n * tv_bound``
+            (``pvalue <= alpha`` in float mode).
+        sound, grid: as in :class:`Certificate`.
+        tv_bound: total-variation residual per noisy input (0 in float mode); the ``n`` samples
+            jointly differ from the target law by at most ``n * tv_bound``, which the test's
+            level gives up.
     """
 
     label: int
@@ -84,6 +97,9 @@ class Prediction:
     n: int
     pvalue: float
     alpha: float
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
     @property
     def abstained(self) -> bool:
@@ -117,6 +133,9 @@ class AdaptiveCertificate:
         radius_tested: the radius ``r`` of decision mode, ``None`` in max-radius mode.
         norm: the threat norm of ``radius``.
         noise: the smoothing noise's name.
+        sound, grid: as in :class:`Certificate`.
+        tv_bound: total-variation residual per noisy input (0 in float mode); ``p_lower`` is
+            reduced by it and ``p_upper`` raised by it.
     """
 
     label: int
@@ -136,6 +155,9 @@ class AdaptiveCertificate:
     radius_tested: float | None
     norm: str = "l2"
     noise: str = "gaussian"
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
     @property
     def abstained(self) -> bool:

@@ -42,8 +42,15 @@ class SmoothedClassifier(SmoothedModel):
     Args:
         base_classifier: maps a batch ``(b, *input_shape)`` to logits ``(b, num_classes)``.
         num_classes: number of classes (>= 2).
-        sigma, noise, norm, device, input_shape, autocast_dtype, channels_last, pass_size:
+        sigma, noise, norm, device, input_shape, autocast_dtype, channels_last, pass_size, sound, grid:
             as in :class:`smoothcert.smoothing.smoothed.SmoothedModel`.
+
+    **Sound mode** (``sound=True``, ``grid=255``; ``docs/sound.md``): inputs must be on the grid
+    ``i / grid`` and the noise is drawn on it, on integers. A certificate then holds for every
+    input on the same grid within ``radius``, the generator's randomness the only assumption;
+    the sampler's residual total variation ``tv_bound`` (about ``2e-13`` for 784 pixels) is
+    subtracted from ``p_lower`` and recorded. In float mode (the default) the model sees
+    ``fl(x + fl(eps))``, whose law is not the one the radius formulas assume.
 
     Certificates hold in the chosen ``norm`` for the chosen ``noise``. Results depend on the
     generator's seed, ``n0``, ``n``, the batch size when ``n`` exceeds it, the device, and the
@@ -62,7 +69,9 @@ class SmoothedClassifier(SmoothedModel):
         input_shape: Sequence[int] | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
-        pass_size: int | Literal["auto"] | None = None,
+        pass_size: int | Literal["auto"] | None = "auto",
+        sound: bool = False,
+        grid: int | None = None,
     ) -> None:
         if not callable(base_classifier):
             raise TypeError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
@@ -76,6 +85,8 @@ class SmoothedClassifier(SmoothedModel):
             autocast_dtype=autocast_dtype,
             channels_last=channels_last,
             pass_size=pass_size,
+            sound=sound,
+            grid=grid,
         )
         self.num_classes = check_int("num_classes", num_classes, 2)
         self._warned: set[tuple[str, int, float]] = set()  # SmoothingWarnings already given by this instance
@@ -88,7 +99,7 @@ class SmoothedClassifier(SmoothedModel):
     def __repr__(self) -> str:
         return (
             f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, noise={self.noise.name!r}, "
-            f"norm={self.norm!r}, device={self.device})"
+            f"norm={self.norm!r}, device={self.device}" + (f", sound=True, grid={self.grid})" if self.sound else ")")
         )
 
     def sample_counts(
@@ -123,7 +134,9 @@ class SmoothedClassifier(SmoothedModel):
     ) -> Prediction:
         """PREDICT (Sec. 3.2.1): the top class if it beats the runner-up at level ``alpha``.
 
-        Returns a class other than ``g(x)`` with probability at most ``alpha``.
+        Returns a class other than ``g(x)`` with probability at most ``alpha``. In sound mode the
+        binomial test runs at level ``alpha - n * tv_bound``, since the ``n`` draws jointly differ
+        from the target law by at most ``n * tv_bound`` in total variation.
         """
         return self._predict(
             self._prepare(x, batch=False), n=n, alpha=alpha, batch_size=batch_size, generator=generator
@@ -154,14 +167,19 @@ class SmoothedClassifier(SmoothedModel):
         top, second = order[:, 0], order[:, 1]
         n_top, n_second = counts[rows, top], counts[rows, second]
         pvalues = np.atleast_1d(stats.predict_pvalue(n_top, n_second))
+        tv = self.tv_bound(int(xs[0].numel())) if len(xs) else 0.0
+        level = alpha - n * tv
         return [
             Prediction(
-                label=int(top[i]) if pvalues[i] <= alpha else ABSTAIN,
+                label=int(top[i]) if pvalues[i] <= level else ABSTAIN,
                 count=int(n_top[i]),
                 runner_up_count=int(n_second[i]),
                 n=n,
                 pvalue=float(pvalues[i]),
                 alpha=alpha,
+                sound=self.sound,
+                grid=self.grid,
+                tv_bound=tv,
             )
             for i in range(len(counts))
         ]
@@ -175,7 +193,9 @@ class SmoothedClassifier(SmoothedModel):
 
         With probability at least ``1 - alpha``, a non-abstaining certificate is correct:
         ``g(x + delta) = label`` for every ``delta`` with ``||delta|| < radius`` in the
-        classifier's ``norm`` (for Gaussian L2, ``radius = sigma * Phi^-1(p_lower)``).
+        classifier's ``norm`` (for Gaussian L2, ``radius = sigma * Phi^-1(p_lower)``); in sound
+        mode, for every such ``x + delta`` on the grid, with ``p_lower`` the Clopper–Pearson bound
+        minus ``tv_bound``.
         """
         xs = self._prepare(x, batch=False)
         return self._certify(xs, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator)[0]
@@ -206,7 +226,8 @@ class SmoothedClassifier(SmoothedModel):
         selected = selection.argmax(axis=1)
         estimation = self._counts(xs, n=n, batch_size=batch_size, generator=generator)
         count = estimation[np.arange(len(xs)), selected]
-        p_lower = np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha))
+        tv = self.tv_bound(int(xs[0].numel()))
+        p_lower = np.maximum(np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha)) - tv, 0.0)
         certified = p_lower > 0.5
         radius = self.radius_of(p_lower, dim=int(xs[0].numel()))
         return [
@@ -222,6 +243,9 @@ class SmoothedClassifier(SmoothedModel):
                 selected=int(selected[i]),
                 norm=self.norm,
                 noise=self.noise.name,
+                sound=self.sound,
+                grid=self.grid,
+                tv_bound=tv,
             )
             for i in range(len(xs))
         ]

@@ -8,18 +8,20 @@ counts them per output pixel (segmentation); :class:`OutputSamples` keeps every 
 (regression by percentiles). Results come to the host once, at the end.
 
 A noise perturbs a buffer through ``perturb_(out, x, generator)`` when it has that method
-(sound smoothing on a grid does its arithmetic on integers there); otherwise the engine calls
-``sample_(out, generator)`` and adds ``x``.
+(sound smoothing on a grid, :mod:`smoothcert.smoothing.sound`, does its arithmetic on integers
+there and adds no floating-point noise); otherwise the engine calls ``sample_(out, generator)``
+and adds ``x``.
 
 **Noise.** A noise is any object with a ``sample_(out, generator)`` method that fills a float32
-tensor in place (see :mod:`smoothcert.smoothing.noises`); ``sigma=`` alone means isotropic Gaussian
-noise, drawn as ``out.normal_(0, sigma, generator=g)``. Noise is always drawn and added in
+tensor in place (see :mod:`smoothcert.smoothing.noises`: draws are made in float64 and rounded
+once); ``sigma=`` alone means isotropic Gaussian noise. Noise is always drawn and added in
 float32 into a contiguous (row-major) buffer, whatever the input's dtype and whatever memory
-format the model runs in: the smoothing distribution is exact, and options such as
-channels-last or a half-precision model change speed (or the base classifier's numerics),
-never the noise stream. The noisy batch is converted (layout, dtype) only on its way into the
-model; a half-precision model then classifies ``cast(x + eps)``, a deterministic function of
-``x + eps``, so certificates stay exact for that base classifier.
+format the model runs in, so options such as channels-last or a half-precision model change
+speed (or the base classifier's numerics), never the noise stream. In float mode the model
+sees ``fl(x + eps)``, which the radius formulas do not strictly cover (``docs/sound.md`` §1);
+sound mode removes that caveat for inputs on a grid. The noisy batch is converted (layout,
+dtype) only on its way into the model; a half-precision model then classifies ``cast(x + eps)``,
+a deterministic function of ``x + eps``, so it is one more deterministic base classifier.
 
 **Segments and passes.** Each input's ``n`` samples are split into *segments* of
 ``min(batch_size, remaining)``, each drawn with one ``sample_`` call from the input's

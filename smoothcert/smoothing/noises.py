@@ -13,11 +13,23 @@ levels compare across families; the family's own scale is derived from ``sigma``
 The radius formulas live in the torch-free :mod:`smoothcert.core.radii`; the objects here delegate
 to it. :meth:`Noise.sample_` fills a preallocated buffer in place from an explicit
 ``torch.Generator`` on the buffer's device.
+
+**What "exact" means here (float mode).** Every sampler draws in float64 — torch's float64
+uniforms have 53 random bits (``k / 2^53``) — and rounds the result once to the buffer's dtype.
+The only truncation of the tails is the uniform's resolution: at most ``2^-50`` of each
+coordinate's mass is moved (Gaussian: Box–Muller radius capped at ``sqrt(2 ln 2^53)``, about
+``8.6 sigma``, mass ``2^-53``; Laplace: ``|x| <= b ln 2^53``, mass ``<= 2^-52``; uniform: none),
+so about ``d * 2^-50`` per noise vector (``1.3e-10`` at ImageNet size). Beyond that, float-mode
+noise is a float approximation of the stated law and the model sees ``fl(x + eps)``: a discrete
+law that the radius formulas do not cover. A base classifier that reads low-order bits can
+exploit it (``docs/sound.md``); for quantized inputs use sound mode
+(:mod:`smoothcert.smoothing.sound`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,8 +41,9 @@ from smoothcert.core.checks import check_sigma
 
 __all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise"]
 
-# Laplace inverse-CDF chunk: bounds the temporary buffer to 4 MiB (float32) per call.
+# Chunk of the float64 draws: bounds the temporary buffer to 8 MiB per call.
 _CHUNK = 1 << 20
+_LAPLACE_FLOOR = 2.0**-53  # 1 - |v| for a float64 v in [-1, 1) is a multiple of 2^-52, or 0 at v = -1
 
 
 def _check_buffer(out: Any) -> torch.Tensor:
@@ -44,13 +57,28 @@ def _check_buffer(out: Any) -> torch.Tensor:
 
 
 def _laplace_from_uniform_(v: torch.Tensor, b: float) -> torch.Tensor:
-    """In place ``v <- -b sign(v) ln(max(1 - |v|, 2^-24))`` for contiguous ``v`` in [-1, 1]; finite everywhere."""
-    flat = v.view(-1)
+    """In place ``v <- -b sign(v) ln(max(1 - |v|, 2^-53))`` for float64 ``v`` in [-1, 1]; finite everywhere.
+
+    ``1 - |v|`` is exact for float64 uniforms (multiples of ``2^-52``); the floor only catches
+    the endpoint ``v = -1`` (probability ``2^-53``), giving ``|x| = 53 b ln 2``.
+    """
+    mag = v.abs().neg_().add_(1.0).clamp_min_(_LAPLACE_FLOOR).log_().mul_(-b)  # -b ln(1 - |v|) >= 0
+    return v.copy_(mag.copysign_(v))
+
+
+def _draw64_(out: torch.Tensor, fill: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Fill ``out`` with float64 draws ``fill(tmp)``, rounded once to ``out``'s dtype, in chunks."""
+    if out.dtype == torch.float64:
+        flat = out.view(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            fill(flat[start : start + _CHUNK])
+        return out
+    flat = out.view(-1)
+    tmp = torch.empty(min(_CHUNK, flat.numel()), dtype=torch.float64, device=out.device)
     for start in range(0, flat.numel(), _CHUNK):
         chunk = flat[start : start + _CHUNK]
-        mag = chunk.abs().neg_().add_(1.0).clamp_min_(2.0**-24).log_().mul_(-b)  # -b ln(1 - |v|) >= 0
-        chunk.copy_(mag.copysign_(chunk))
-    return v
+        chunk.copy_(fill(tmp[: chunk.numel()]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,8 +150,13 @@ class Gaussian(Noise):
         return self.sigma
 
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``out.normal_(0.0, sigma, generator=generator)`` (the stream earlier releases used)."""
-        return _check_buffer(out).normal_(0.0, self.sigma, generator=generator)
+        """``normal_(0.0, sigma)`` drawn in float64 (chunks of ``2^20``), then rounded to ``out``'s dtype.
+
+        Float64 draws cap the Box–Muller radius at ``sqrt(2 ln 2^53)`` instead of float32's
+        ``sqrt(2 ln 2^24)``: the truncated mass drops from about ``2^-27`` to ``2^-53``.
+        """
+        sigma = self.sigma
+        return _draw64_(_check_buffer(out), lambda t: t.normal_(0.0, sigma, generator=generator))
 
 
 @dataclass(frozen=True, repr=False)
@@ -141,15 +174,18 @@ class Laplace(Noise):
         return _radii.laplace_scale(self.sigma)
 
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Inverse CDF: ``v ~ U[-1, 1)`` (one ``uniform_`` call), ``x = -b sign(v) ln(1 - |v|)``.
+        """Inverse CDF in float64: ``v ~ U[-1, 1)`` (one float64 ``uniform_`` per chunk of ``2^20``),
+        ``x = -b sign(v) ln(1 - |v|)``, rounded to ``out``'s dtype.
 
-        ``1 - |v|`` is clamped below at ``2^-24`` so an endpoint draw gives a finite value
-        (``|x| <= b ln 2^24 ~ 16.6 b``); this truncates a tail of mass ``2^-24``, the resolution
-        of a float32 uniform draw. The transform runs on chunks so temporaries stay small.
+        ``|x| <= 53 b ln 2 ~ 36.7 b``: the tail beyond has mass ``<= 2^-52`` (float32 uniforms,
+        used before, cut ``2^-24``).
         """
-        out = _check_buffer(out)
-        out.uniform_(-1.0, 1.0, generator=generator)
-        return _laplace_from_uniform_(out, self.scale)
+        b = self.scale
+
+        def fill(t: torch.Tensor) -> torch.Tensor:
+            return _laplace_from_uniform_(t.uniform_(-1.0, 1.0, generator=generator), b)
+
+        return _draw64_(_check_buffer(out), fill)
 
 
 @dataclass(frozen=True, repr=False)
@@ -168,9 +204,9 @@ class Uniform(Noise):
         return _radii.uniform_half_width(self.sigma)
 
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``out.uniform_(-lam, lam, generator=generator)``."""
+        """``uniform_(-lam, lam)`` drawn in float64 (chunks of ``2^20``), rounded to ``out``'s dtype."""
         lam = self.scale
-        return _check_buffer(out).uniform_(-lam, lam, generator=generator)
+        return _draw64_(_check_buffer(out), lambda t: t.uniform_(-lam, lam, generator=generator))
 
 
 _CLASSES: dict[str, type[Noise]] = {cls.name: cls for cls in (Gaussian, Laplace, Uniform)}

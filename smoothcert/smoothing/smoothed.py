@@ -9,6 +9,11 @@ and differ only in the engine's reduction and in the statistics they apply to it
 pixels in ``[0, 1]`` and put any per-channel normalization inside the base model (as its first
 layer): then the certificate is a radius in ``[0, 1]`` pixel space. Noisy inputs are never
 clipped to ``[0, 1]``, since clipping would change the smoothing distribution.
+
+**Sound mode** (``sound=True``, ``docs/sound.md``): inputs must lie on the grid ``i / grid``
+(within :data:`smoothcert.core.lattice.GRID_TOLERANCE` of ``grid * x``) and the noise is drawn on
+that grid, on integers (:class:`smoothcert.smoothing.sound.GridNoise`); :meth:`SmoothedModel.tv_bound`
+is then the sampler's residual total variation per noisy input, which the statistics account for.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from smoothcert.core import lattice
 from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.errors import ConfigError
+from smoothcert.runtime.perf import PassSizeProbe, probe_pass_size
 from smoothcert.smoothing.engine import GeneratorArg, Reduction, run_samples
 from smoothcert.smoothing.noises import Noise, make_noise
+from smoothcert.smoothing.sound import GridNoise
 
 __all__ = ["SmoothedModel"]
 
@@ -53,11 +62,15 @@ class SmoothedModel:
         input_shape: if given, every input must have exactly this shape.
         autocast_dtype: run the base model under ``torch.autocast`` with this dtype.
         channels_last: feed 4-d batches to the model in channels-last memory format.
-        pass_size: the largest forward pass: an int, ``"auto"`` (measured once per model,
-            input shape and device by :func:`smoothcert.runtime.perf.choose_pass_size`, at most the
-            call's ``batch_size``) or ``None`` (the ``batch_size`` of each call). Neither the pass
+        pass_size: the largest forward pass: ``"auto"`` (the default: measured once per model,
+            input shape and device by :func:`smoothcert.runtime.perf.probe_pass_size` within a
+            3-second budget, at most the call's ``batch_size``; call :meth:`probe_pass_size` first
+            to keep that cost out of a timing), an int, or ``None`` (the ``batch_size`` of each call). Neither the pass
             size nor the memory format changes the noise; the base model's last bits may
             depend on them (see :mod:`smoothcert.smoothing.engine`).
+        sound: draw the noise on the inputs' grid, on integers (sound mode; default False).
+        grid: the grid ``q`` of sound mode (inputs ``i / q``); default 255 (8-bit pixels).
+            Only with ``sound=True``.
     """
 
     def __init__(
@@ -71,7 +84,9 @@ class SmoothedModel:
         input_shape: Sequence[int] | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
-        pass_size: int | Literal["auto"] | None = None,
+        pass_size: int | Literal["auto"] | None = "auto",
+        sound: bool = False,
+        grid: int | None = None,
     ) -> None:
         if not callable(base_model):
             raise TypeError(f"the base model must be callable, got {type(base_model).__name__}")
@@ -86,6 +101,13 @@ class SmoothedModel:
         else:
             raise TypeError(f"noise must be a noise name or a smoothing.noises.Noise, got {type(noise).__name__}")
         self.norm = self.noise.check_norm(norm)
+        if not isinstance(sound, bool):
+            raise TypeError(f"sound must be a bool, got {type(sound).__name__} {sound!r}")
+        if grid is not None and not sound:
+            raise ValueError(f"grid={grid!r} applies only to sound mode: pass sound=True as well")
+        self.sound = sound
+        self.grid: int | None = (255 if grid is None else check_int("grid", grid, 2)) if sound else None
+        self.sampler: Noise | GridNoise = GridNoise(self.noise, self.grid) if self.grid is not None else self.noise
         self.device = torch.device(device) if device is not None else _model_device(base_model)
         if device is not None and isinstance(base_model, torch.nn.Module):
             base_model.to(self.device)
@@ -95,6 +117,7 @@ class SmoothedModel:
         if pass_size is not None and pass_size != "auto":
             check_int("pass_size", pass_size)
         self.pass_size = pass_size
+        self.last_probe: PassSizeProbe | None = None  # the latest "auto" pass-size probe (or cache hit)
 
     def _prepare(self, x: torch.Tensor, *, batch: bool) -> torch.Tensor:
         """Check one input (or a batch) and return it as a batch on the model's device."""
@@ -112,6 +135,8 @@ class SmoothedModel:
             raise ValueError(f"{name} has the wrong rank: got shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        if self.grid is not None:
+            lattice.check_grid(x.detach().to("cpu", torch.float64).numpy(), self.grid, name=name)
         if self.device is not None:
             x = x.to(self.device)
         return x if batch else x.unsqueeze(0)
@@ -128,21 +153,12 @@ class SmoothedModel:
         """The engine on a prepared batch, with this model's noise and options."""
         pass_size = self.pass_size
         if pass_size == "auto":
-            from smoothcert.runtime.perf import choose_pass_size
-
-            pass_size = choose_pass_size(
-                self.base_model,
-                tuple(xs.shape[1:]),
-                device=xs.device,
-                max_size=batch_size,
-                channels_last=self.channels_last,
-                autocast_dtype=self.autocast_dtype,
-            )
+            pass_size = self._probe(tuple(xs.shape[1:]), xs.device, batch_size).size
         return run_samples(
             self.base_model,
             xs,
             n=n,
-            noise=self.noise,
+            noise=self.sampler,
             reduction=reduction,
             batch_size=batch_size,
             pass_size=pass_size,
@@ -150,6 +166,39 @@ class SmoothedModel:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )
+
+    def tv_bound(self, dim: int) -> float:
+        """Bound on the total variation between the law of one noisy input and the smoothing law.
+
+        0 in float mode (which does not account for floating point; see ``docs/sound.md``); in
+        sound mode ``dim`` times the sampler's per-coordinate residual.
+        """
+        return self.sampler.tv_bound(dim) if isinstance(self.sampler, GridNoise) else 0.0
+
+    def _probe(self, input_shape: tuple[int, ...], device: torch.device, batch_size: int) -> PassSizeProbe:
+        self.last_probe = probe_pass_size(
+            self.base_model,
+            input_shape,
+            device=device,
+            max_size=batch_size,
+            channels_last=self.channels_last,
+            autocast_dtype=self.autocast_dtype,
+        )
+        return self.last_probe
+
+    def probe_pass_size(self, *, batch_size: int, input_shape: Sequence[int] | None = None) -> PassSizeProbe | None:
+        """Measure the ``"auto"`` pass size now (cached per model), e.g. before timing examples.
+
+        Returns the probe's record (size, seconds, passes; ``as_dict()`` for a sidecar), or None
+        when ``pass_size`` is not ``"auto"``. ``input_shape`` defaults to the model's.
+        """
+        if self.pass_size != "auto":
+            return None
+        shape = tuple(int(d) for d in input_shape) if input_shape is not None else self.input_shape
+        if shape is None:
+            raise ConfigError("probe_pass_size needs input_shape= (the smoothed model was built without one)")
+        device = self.device if self.device is not None else torch.device("cpu")
+        return self._probe(shape, device, check_int("batch_size", batch_size))
 
     def radius_of(self, p_lower: Any, *, dim: int) -> NDArray[np.float64]:
         """The noise's certified radius in ``self.norm`` for lower bounds on ``pA`` (0 where ``<= 1/2``)."""
