@@ -310,6 +310,17 @@ def test_the_numeric_modules_keep_no_validator_of_their_own():
 
     for module in (S, radii, sequential):
         source = inspect.getsource(module)
-        for name in ("_check_positive", "_check_probability", "_check_open_unit", "_check_int", "_check_counts",
-                     "_float_array", "_probability", "_nonneg", "_fmt", "_is_scalar", "_ret"):
+        for name in (
+            "_check_positive",
+            "_check_probability",
+            "_check_open_unit",
+            "_check_int",
+            "_check_counts",
+            "_float_array",
+            "_probability",
+            "_nonneg",
+            "_fmt",
+            "_is_scalar",
+            "_ret",
+        ):
             assert f"def {name}(" not in source, (module.__name__, name)

@@ -257,7 +257,9 @@ def test_one_checkpoint_helper_restores_model_and_optimizer_exactly(tmp_path, op
         optim.zero_grad()
         model(torch.randn(4, 3)).square().sum().backward()
         optim.step()
-    C.save_checkpoint(tmp_path, fmt, model=model, optimizer=optim, epoch=3, identity={"a": 1}, log=["1\t0", "2\t0", "3\t0"])
+    C.save_checkpoint(
+        tmp_path, fmt, model=model, optimizer=optim, epoch=3, identity={"a": 1}, log=["1\t0", "2\t0", "3\t0"]
+    )
     fresh, fresh_optim = make()
     epoch, log = C.resume(tmp_path, fmt, model=fresh, optimizer=fresh_optim, identity={"a": 1}, epochs=5)
     assert epoch == 3 and log == ["1\t0", "2\t0", "3\t0"]

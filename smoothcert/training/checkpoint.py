@@ -21,7 +21,7 @@ epoch written twice winning) is read too, and its ``checkpoint.json`` is removed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,14 @@ from smoothcert.core.checks import check_int, check_positive
 from smoothcert.core.errors import CheckpointError
 from smoothcert.io.files import commit_file
 
-__all__ = ["CheckpointFormat", "check_run_settings", "read_checkpoint", "resume", "save_checkpoint", "write_log"]
+__all__ = [
+    "CheckpointFormat",
+    "check_run_settings",
+    "read_checkpoint",
+    "resume",
+    "save_checkpoint",
+    "write_log",
+]
 
 _NAME = "checkpoint.safetensors"
 _LEGACY = "checkpoint.json"  # smoothcert <= 0.1 kept the metadata beside the weights
@@ -87,9 +94,17 @@ def save_checkpoint(
     epoch: int,
     identity: Mapping[str, Any],
     log: list[str],
+    row: Sequence[str] | None = None,
 ) -> None:
-    """Commit the checkpoint of ``epoch`` (one rename), then rewrite the log from its rows."""
+    """Commit the checkpoint of ``epoch`` (one rename), then rewrite the log from its rows.
+
+    ``row``, when given, holds the finished epoch's formatted log fields after the epoch number;
+    the row is appended to ``log`` (in place) before saving.
+    """
     from safetensors.torch import save_file
+
+    if row is not None:
+        log.append("\t".join([str(epoch), *row]))
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = optimizer.state_dict()

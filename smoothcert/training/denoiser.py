@@ -167,9 +167,7 @@ def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
         denoiser.load_state_dict(init.state_dict())
         identity["init_sha256"] = checkpoint_sha256(config.init)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr)
-    start, log = resume(
-        out, CHECKPOINT, model=denoiser, optimizer=optimizer, identity=identity, epochs=config.epochs
-    )
+    start, log = resume(out, CHECKPOINT, model=denoiser, optimizer=optimizer, identity=identity, epochs=config.epochs)
     noise = make_noise("gaussian", config.sigma)
     test_mse = test_acc = float("nan")
     for epoch in range(start + 1, config.epochs + 1):
@@ -206,12 +204,10 @@ def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
             if bar is not loader:
                 bar.set_postfix(**{config.objective: f"{loss_sum / seen:.4f}"})
         test_mse, test_acc = _evaluate(denoiser, classifier, test_set, sigma=config.sigma, device=device)
-        log.append(
-            f"{epoch}\t{lr:.6g}\t{loss_sum / max(seen, 1):.6f}\t{test_mse:.6f}\t{test_acc:.6f}\t"
-            f"{time.perf_counter() - began:.3f}"
-        )
+        fields = [f"{lr:.6g}", *(f"{v:.6f}" for v in (loss_sum / max(seen, 1), test_mse, test_acc))]
+        fields.append(f"{time.perf_counter() - began:.3f}")
         save_checkpoint(
-            out, CHECKPOINT, model=denoiser, optimizer=optimizer, epoch=epoch, identity=identity, log=log
+            out, CHECKPOINT, model=denoiser, optimizer=optimizer, epoch=epoch, identity=identity, log=log, row=fields
         )
         if config.progress:
             print(f"epoch {epoch}: loss {loss_sum / max(seen, 1):.4f}, test mse {test_mse:.5f}, acc {test_acc:.4f}")

@@ -287,12 +287,10 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **shown, acc=f"{correct / seen:.3f}")
         if dist.is_main:
             clean_acc, noisy_acc = evaluate(model, test_set, sigma=config.sigma, device=device, noise=config.noise)
-            log.append(
-                f"{epoch}\t{lr:.6g}\t{loss_sum / seen:.6f}\t{correct / seen:.6f}\t"
-                f"{clean_acc:.6f}\t{noisy_acc:.6f}\t{time.perf_counter() - began:.3f}"
-            )
+            fields = [f"{lr:.6g}", *(f"{v:.6f}" for v in (loss_sum / seen, correct / seen, clean_acc, noisy_acc))]
+            fields.append(f"{time.perf_counter() - began:.3f}")
             save_checkpoint(
-                out, CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, identity=identity, log=log
+                out, CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, identity=identity, log=log, row=fields
             )
             if config.progress:
                 print(
