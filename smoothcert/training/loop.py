@@ -107,7 +107,7 @@ class TrainConfig:
         if self.method == "smoothadv" and self.noise != "gaussian":
             warnings.warn(
                 f"method 'smoothadv' trains against an L2 attack, but {self.noise} noise certifies "
-                f"{'/'.join(n.upper() for n in supported_norms(self.noise))} radii: the attack does not "
+                f"{'/'.join(n.capitalize() for n in supported_norms(self.noise))} radii: the attack does not "
                 "target the certified norm",
                 SmoothingWarning,
                 stacklevel=3,

@@ -48,6 +48,7 @@ from smoothcert.smoothing.noises import Noise
 __all__ = [
     "METHODS",
     "Consistency",
+    "Draws",
     "GaussianAugmentation",
     "Macer",
     "Objective",
