@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from synthdata import write_cifar10, write_idx_dataset, write_imagefolder, write_svhn
 
+from smoothcert.core.errors import DataFormatError
 from smoothcert.io.data import DATASETS, DatasetNotFoundError, get_spec, load_dataset, resolve_dir
 
 
@@ -120,3 +124,82 @@ def test_real_fashion_mnist_if_installed():
     if not Path(spec.default_dir, "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("dataset-fashion-mnist is not installed on this machine")
     _check(load_dataset("fashion-mnist", "test"), 10_000, (1, 28, 28), 10)
+
+
+# ----------------------------------------------------------------------------- corrupt files
+
+
+def _idx_bytes(header: bytes, body: bytes) -> bytes:
+    return gzip.compress(header + body)
+
+
+def _corrupt_idx(root: Path, how: str) -> Path:
+    """Write a valid IDX data set, then spoil ``train-images-idx3-ubyte.gz`` in one way."""
+    write_idx_dataset(root, n_train=6, n_test=2)
+    p = root / "train-images-idx3-ubyte.gz"
+    good = p.read_bytes()
+    raw = gzip.decompress(good)
+    spoiled = {
+        "not gzip": b"this is not a gzip stream at all",
+        "truncated gzip": good[: len(good) // 2],  # EOFError inside gzip
+        "wrong magic": _idx_bytes(b"\x00\x00\x0d\x03", raw[4:]),  # 0x0d: float32, not unsigned bytes
+        "short body": gzip.compress(raw[: len(raw) - 100]),  # header promises 6 x 28 x 28 values
+        "short header": gzip.compress(raw[:9]),
+    }[how]
+    p.write_bytes(spoiled)
+    return p
+
+
+@pytest.mark.parametrize("how", ["not gzip", "truncated gzip", "wrong magic", "short body", "short header"])
+def test_a_corrupt_idx_file_is_one_data_format_error_naming_it(tmp_path, how):
+    bad = _corrupt_idx(tmp_path, how)
+    load_dataset("fashion-mnist", "test", tmp_path)  # control: the intact split next to it loads
+    with pytest.raises(DataFormatError) as info:
+        load_dataset("fashion-mnist", "train", tmp_path)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_idx_images_and_labels_of_different_lengths_are_named(tmp_path):
+    write_idx_dataset(tmp_path, n_train=6, n_test=2)
+    labels = _idx_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big"), bytes(5))  # 5 labels for 6 images
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(labels)
+    with pytest.raises(DataFormatError, match=r"train-images.*train-labels"):
+        load_dataset("fashion-mnist", "train", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("how", "content"),
+    [
+        ("garbage", b"\x00\x01 not a pickle"),
+        ("truncated", None),
+        ("not a dict", pickle.dumps([1, 2, 3])),
+        ("wrong shape", pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]})),
+    ],
+)
+def test_a_corrupt_cifar_batch_is_one_data_format_error_naming_it(tmp_path, how, content):
+    write_cifar10(tmp_path, per_batch=4, n_test=3)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    bad.write_bytes(bad.read_bytes()[:100] if content is None else content)
+    load_dataset("cifar10", "test", tmp_path)  # control
+    with pytest.raises(DataFormatError) as info:
+        load_dataset("cifar10", "train", tmp_path)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "no X"])
+def test_a_corrupt_svhn_mat_is_one_data_format_error_naming_it(tmp_path, how):
+    from scipy.io import savemat
+
+    write_svhn(tmp_path, n=4)
+    bad = tmp_path / "train_32x32.mat"
+    if how == "garbage":
+        bad.write_bytes(b"MATLAB? no" * 30)
+    elif how == "truncated":
+        bad.write_bytes(bad.read_bytes()[:300])
+    else:
+        savemat(str(bad), {"images": np.zeros((2, 2))})
+    load_dataset("svhn", "test", tmp_path)  # control
+    with pytest.raises(DataFormatError) as info:
+        load_dataset("svhn", "train", tmp_path)
+    assert str(bad) in str(info.value)

@@ -380,3 +380,79 @@ def test_a_smoothcert_model_file_imports_and_its_normalization_must_match(tmp_pa
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
     with pytest.raises(CheckpointError, match=r"normalization mean \[0\.28.*is not 'mnist'"):
         import_checkpoint(tmp_path / "w.safetensors", tmp_path / "m2", arch="small_cnn", dataset="mnist", sigma=0.5)
+
+
+# ----------------------------------------------------------------------------- recorded values
+
+
+def _small_cnn_checkpoint(path: Path, **info: object) -> Path:
+    """A torch.save dict of the 2019 kind (state_dict + scalars) around a small_cnn, recording ``info``."""
+    model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530])
+    torch.save({"arch": "small_cnn", "state_dict": model.state_dict(), **info}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("sigma", float("nan")), ("sigma", -0.5), ("noise_sd", float("inf")), ("sigma", "high")],
+)
+def test_an_invalid_recorded_sigma_is_refused_naming_the_field(tmp_path, capsys, field, value):
+    """Issue 19 item 4: a NaN sigma used to give exit 0 and ``"sigma": NaN`` (invalid JSON) in model.json."""
+    src = _small_cnn_checkpoint(tmp_path / "c.pth", **{field: value})
+    with pytest.raises(CheckpointError) as info:
+        import_checkpoint(src, tmp_path / "m", dataset="fashion-mnist")
+    assert f"records {field} = {value!r}" in str(info.value)
+    rc, _, err = _run(capsys, ["import", str(src), "--out", str(tmp_path / "m"), "--dataset", "fashion-mnist"])
+    assert rc == 2 and f"{field} = " in err
+    assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_a_valid_recorded_sigma_is_written_as_strict_json(tmp_path):
+    """Control for the test above: sigma 0.25 (and 0, an undefended model) import, model.json parses strictly."""
+    for sigma in (0.25, 0.0):
+        out = tmp_path / f"m{sigma}"
+        import_checkpoint(_small_cnn_checkpoint(tmp_path / "c.pth", sigma=sigma), out, dataset="fashion-mnist")
+        text = (out / "model.json").read_text()
+        meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+        assert meta["sigma"] == sigma
+
+
+def test_model_json_never_holds_nan(tmp_path):
+    """save_model writes strict JSON (allow_nan=False) and refuses before writing anything."""
+    from smoothcert.io.checkpoints import save_model
+
+    model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530])
+    with pytest.raises(CheckpointError, match=r"non-finite values .*clean_accuracy"):
+        save_model(tmp_path / "m", model, {"arch": "small_cnn", "clean_accuracy": float("nan")})
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_a_directory_given_as_the_checkpoint_says_so(tmp_path):
+    with pytest.raises(ValueError, match="is a directory: give the checkpoint file"):
+        import_checkpoint(tmp_path, tmp_path / "m", dataset="fashion-mnist", sigma=0.5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("drop", "1 missing key (1.9.bias)"),
+        ("add", "1 unexpected key (1.extra)"),
+        ("reshape", "1 shape mismatch: 1.9.bias (checkpoint [3], model [10])"),
+    ],
+)
+def test_load_model_on_a_corrupt_state_dict_lists_the_keys(tmp_path, edit, message):
+    """Issue 19 item 7: the message names missing and unexpected keys, not torch's uninformative first line."""
+    model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530])
+    import_checkpoint(_small_cnn_checkpoint(tmp_path / "c.pth", sigma=0.5), tmp_path / "m", dataset="fashion-mnist")
+    load_model(tmp_path / "m")  # control: the intact directory loads
+    state = dict(model.state_dict())
+    if edit == "drop":
+        del state["1.9.bias"]
+    elif edit == "add":
+        state["1.extra"] = torch.zeros(2)
+    else:
+        state["1.9.bias"] = torch.zeros(3)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "m")
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -226,3 +227,100 @@ def test_mypy_sees_the_return_types(tmp_path):
     assert status == 0, out + err
     out, _, status = api.run([*args, str(bad)])
     assert status == 1 and 'Expression is of type "float", not "int"' in out, out
+
+
+# --------------------------------------------------------------------------- one home for every rule
+
+
+def test_the_gaussian_radius_has_one_implementation(monkeypatch):
+    """stats.cohen_radius and stats.max_radius compute through radii.gaussian_radius (issue 17).
+
+    A planted change of the radii formula (x 2) shows in both stats functions: they hold no copy.
+    """
+    from smoothcert.core import radii as R
+
+    before = (S.cohen_radius(0.9, sigma=0.5), S.cohen_radius(0.9, 0.05, sigma=0.5), S.max_radius(100, 0.001))
+    real = R.gaussian_radius
+    monkeypatch.setattr(R, "gaussian_radius", lambda *a, **kw: 2 * real(*a, **kw))
+    after = (S.cohen_radius(0.9, sigma=0.5), S.cohen_radius(0.9, 0.05, sigma=0.5), S.max_radius(100, 0.001))
+    assert after == pytest.approx(tuple(2 * b for b in before), rel=1e-15)
+    assert S.cohen_radius(0.9, 0.95) == 0.0  # pA <= pB: no certificate
+
+
+def test_the_runner_up_is_named_as_the_caller_knows_it():
+    with pytest.raises(ValueError, match=r"p_upper_runner_up must be in \[0, 1\], got 1.5"):
+        S.cohen_radius(0.9, 1.5)
+
+
+_VALIDATORS = [
+    # (scalar check, array check, a good value, a bad value, the message fragment for the bad one)
+    ("check_probability", "probability_array", 0.3, 1.5, "x must be in [0, 1], got 1.5"),
+    ("check_open_unit", "open_unit_array", 0.3, 0.0, "x must be in (0, 1), got 0.0"),
+    ("check_positive", "positive_array", 0.3, -2.0, "x must be > 0 and finite, got -2.0"),
+    ("check_nonnegative", "nonnegative_array", 0.0, -1.0, "x must be "),
+]
+
+
+@pytest.mark.parametrize(("scalar", "array", "good", "bad", "fragment"), _VALIDATORS)
+def test_scalar_and_array_validators_share_rules_and_messages(scalar, array, good, bad, fragment):
+    from smoothcert.core import checks as C
+    from smoothcert.core.errors import ConfigError
+
+    assert getattr(C, scalar)("x", good) == good
+    assert getattr(C, array)("x", np.array([good, good])).tolist() == [good, good]
+    for check in (lambda v: getattr(C, scalar)("x", v), lambda v: getattr(C, array)("x", v)):
+        for value in (bad, math.nan):
+            with pytest.raises(ConfigError) as info:
+                check(value)
+            assert isinstance(info.value, ValueError) and str(info.value).startswith("x must be")
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            check(bad)
+    with pytest.raises(ConfigError) as info:  # arrays show the offending elements only
+        getattr(C, array)("x", np.array([good, bad, good]))
+    assert str(info.value).endswith(f"got {np.array2string(np.array([bad]))}")
+    with pytest.raises(TypeError, match="x must be a real number"):
+        getattr(C, scalar)("x", "0.5")
+    with pytest.raises(TypeError, match="x must be a number or an array of numbers"):
+        getattr(C, array)("x", "high")
+
+
+def test_integer_and_count_validators():
+    from smoothcert.core import checks as C
+
+    assert C.check_int("n", 3, 1) == 3 and C.int_array("n", [3.0, 4], 1).tolist() == [3, 4]
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        C.check_int("n", 0)
+    with pytest.raises(TypeError, match=r"n must be an int, got float 2\.5"):
+        C.check_int("n", 2.5)
+    with pytest.raises(TypeError, match="n must be an int, got bool True"):
+        C.check_int("n", True)
+    with pytest.raises(ValueError, match=r"n must be an integer >= 1, got \[2\.5\]"):
+        C.int_array("n", [3, 2.5], 1)
+    k, n = C.counts_array([0, 5], 5)
+    assert k.tolist() == [0, 5] and n.tolist() == [5, 5]
+    with pytest.raises(ValueError, match=r"k must be <= n, got k=\[6\] with n=\[5\]"):
+        C.counts_array([0, 6], 5)
+
+
+def test_the_numeric_modules_keep_no_validator_of_their_own():
+    """stats, radii and sequential import their range checks from core.checks (no private copies)."""
+    import inspect
+
+    from smoothcert.core import radii, sequential
+
+    for module in (S, radii, sequential):
+        source = inspect.getsource(module)
+        for name in (
+            "_check_positive",
+            "_check_probability",
+            "_check_open_unit",
+            "_check_int",
+            "_check_counts",
+            "_float_array",
+            "_probability",
+            "_nonneg",
+            "_fmt",
+            "_is_scalar",
+            "_ret",
+        ):
+            assert f"def {name}(" not in source, (module.__name__, name)

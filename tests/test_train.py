@@ -231,3 +231,53 @@ def test_resume_refuses_fewer_epochs_than_trained(tmp_path, fmnist):
     T.train(_config(fmnist, out, epochs=2))
     with pytest.raises(ValueError, match="already holds 2 trained epochs, more than epochs=1"):
         T.train(_config(fmnist, out, epochs=1))
+
+
+# ---------------------------------------------------------------- the shared checkpoint helper
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_one_checkpoint_helper_restores_model_and_optimizer_exactly(tmp_path, opt):
+    """training.checkpoint serves both loops: SGD (classifier) and Adam (denoiser) state come back bit-equal,
+    and a changed identity field is refused naming it with both values (control: the same identity resumes)."""
+    from smoothcert.core.errors import CheckpointError
+    from smoothcert.training import checkpoint as C
+
+    fmt = C.CheckpointFormat(key="k", identity_field="identity", log_header="epoch\tx", what="test run")
+
+    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        if opt == "sgd":
+            return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    model, optim = make()
+    for _ in range(3):
+        optim.zero_grad()
+        model(torch.randn(4, 3)).square().sum().backward()
+        optim.step()
+    C.save_checkpoint(
+        tmp_path, fmt, model=model, optimizer=optim, epoch=3, identity={"a": 1}, log=["1\t0", "2\t0", "3\t0"]
+    )
+    fresh, fresh_optim = make()
+    epoch, log = C.resume(tmp_path, fmt, model=fresh, optimizer=fresh_optim, identity={"a": 1}, epochs=5)
+    assert epoch == 3 and log == ["1\t0", "2\t0", "3\t0"]
+    assert (tmp_path / "train_log.tsv").read_text().splitlines() == ["epoch\tx", "1\t0", "2\t0", "3\t0"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    saved, restored = optim.state_dict()["state"], fresh_optim.state_dict()["state"]
+    assert saved.keys() == restored.keys() and saved
+    for i in saved:
+        for key, value in saved[i].items():
+            assert torch.equal(torch.as_tensor(restored[i][key]), torch.as_tensor(value)), (i, key)
+    with pytest.raises(CheckpointError, match=r"different configuration \(a: 1 there, 2 now\)"):
+        C.resume(tmp_path, fmt, model=fresh, optimizer=fresh_optim, identity={"a": 2}, epochs=5)
+    with pytest.raises(CheckpointError, match=r"b: 'x' there, None now"):  # a field the run no longer has
+        C.save_checkpoint(tmp_path, fmt, model=model, optimizer=optim, epoch=3, identity={"a": 1, "b": "x"}, log=[])
+        C.resume(tmp_path, fmt, model=fresh, optimizer=fresh_optim, identity={"a": 1}, epochs=5)
+    with pytest.raises(CheckpointError, match="already holds 3 trained epochs, more than epochs=2"):
+        C.resume(tmp_path, fmt, model=fresh, optimizer=fresh_optim, identity={"a": 1, "b": "x"}, epochs=2)
+    other = C.CheckpointFormat(key="other", identity_field="identity", log_header="epoch", what="denoiser run")
+    with pytest.raises(CheckpointError, match="is not a smoothcert denoiser run checkpoint"):
+        C.resume(tmp_path, other, model=fresh, optimizer=fresh_optim, identity={"a": 1}, epochs=5)

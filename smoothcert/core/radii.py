@@ -29,7 +29,7 @@ uniform    linf    2 lam (1 - (1 - (pA - pB)/2)^(1/d))
 All are exact closed forms, sound for every ``d`` (derivations in ``docs/noises.md``).
 Inputs are Python scalars or numpy arrays (broadcast together); scalar input returns a
 Python ``float``, array input a numpy array. Bad input raises ``ValueError`` naming the
-argument and its value.
+argument and its value (:mod:`smoothcert.core.checks`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,16 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
 
-from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.checks import (
+    check_int,
+    check_sigma,
+    is_scalar,
+    nonnegative_array,
+    positive_array,
+    probability_array,
+    scalar_or_array,
+)
+from smoothcert.core.errors import ConfigError
 
 __all__ = [
     "NOISES",
@@ -73,49 +82,18 @@ Float = Any  # float for scalar input, NDArray[np.float64] for array input
 # --------------------------------------------------------------------------- validation
 
 
-def _fmt(arr: NDArray[Any]) -> str:
-    return repr(arr.item()) if arr.ndim == 0 else np.array2string(arr, threshold=6)
-
-
-def _float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from None
-
-
-def _probability(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    arr = _float_array(name, value)
-    bad = ~((arr >= 0) & (arr <= 1))
-    if np.any(bad):
-        raise ValueError(f"{name} must be in [0, 1], got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr
-
-
-def _nonneg(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    arr = _float_array(name, value)
-    bad = ~(arr >= 0)
-    if np.any(bad):
-        raise ValueError(f"{name} must be >= 0, got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr
-
-
-def _ret(x: NDArray[Any], scalar: bool) -> Float:
-    x = np.asarray(x, dtype=np.float64)
-    return x.item() if scalar else x
-
-
 def _check_noise(noise: Any) -> str:
     if not isinstance(noise, str) or noise not in _SUPPORTED:
-        raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+        raise ConfigError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
     return noise
 
 
 def _check_norm(noise: str, norm: Any) -> str:
     if not isinstance(norm, str) or norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if norm not in _SUPPORTED[noise]:
-        raise ValueError(f"norm {norm!r} is not certified by {noise} noise (supported: {', '.join(_SUPPORTED[noise])})")
+        supported = ", ".join(_SUPPORTED[noise])
+        raise ConfigError(f"norm {norm!r} is not certified by {noise} noise (supported: {supported})")
     return norm
 
 
@@ -123,18 +101,18 @@ def _dim_for(norm: str, dim: Any) -> int | None:
     """``dim`` is required (an int >= 1) for linf and checked if given otherwise."""
     if dim is None:
         if norm == "linf":
-            raise ValueError("dim (the input dimension d) is required for norm 'linf', got None")
+            raise ConfigError("dim (the input dimension d) is required for norm 'linf', got None")
         return None
     return check_int("dim", dim, 1)
 
 
 def _pa_pb(p_lower: ArrayLike, p_upper_b: ArrayLike | None) -> tuple[NDArray[np.float64], NDArray[np.float64], bool]:
-    scalar = np.ndim(p_lower) == 0 and (p_upper_b is None or np.ndim(p_upper_b) == 0)
-    pa = _probability("p_lower", p_lower)
+    scalar = is_scalar(p_lower, p_upper_b)
+    pa = probability_array("p_lower", p_lower)
     if p_upper_b is None:
         pb = 1.0 - pa
     else:
-        pb = _probability("p_upper_b", p_upper_b)
+        pb = probability_array("p_upper_b", p_upper_b)
         pa, pb = np.broadcast_arrays(pa, pb)
     return pa, pb, scalar
 
@@ -158,25 +136,36 @@ def uniform_half_width(sigma: float) -> float:
 
 
 def gaussian_radius(
-    p_lower: ArrayLike, *, sigma: float, norm: str = "l2", dim: int | None = None, p_upper_b: ArrayLike | None = None
+    p_lower: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    norm: str = "l2",
+    dim: int | None = None,
+    p_upper_b: ArrayLike | None = None,
 ) -> Float:
     """Gaussian N(0, sigma^2 I): ``R2 = sigma/2 (Phi^-1(pA) - Phi^-1(pB))`` (Cohen et al. 2019, Thm 1).
 
-    ``pB = 1 - pA`` by default, giving ``R2 = sigma Phi^-1(pA)``. ``l1`` returns ``R2`` (the l1
-    ball of radius R2 lies in the l2 ball) and ``linf`` returns ``R2 / sqrt(dim)`` (the linf ball
-    of radius R2/sqrt(d) lies in the l2 ball). ``0.0`` where ``pA <= pB``.
+    The package's one implementation of this formula (:func:`smoothcert.core.stats.cohen_radius`
+    calls it). ``pB = 1 - pA`` by default, giving ``R2 = sigma Phi^-1(pA)``, evaluated in that
+    form. ``l1`` returns ``R2`` (the l1 ball of radius R2 lies in the l2 ball) and ``linf`` returns
+    ``R2 / sqrt(dim)`` (the linf ball of radius R2/sqrt(d) lies in the l2 ball). ``0.0`` where
+    ``pA <= pB``. ``sigma`` may be an array, broadcast with the probabilities.
     """
-    s = check_sigma(sigma)
     _check_norm("gaussian", norm)
     d = _dim_for(norm, dim)
     pa, pb, scalar = _pa_pb(p_lower, p_upper_b)
+    s = positive_array("sigma", sigma)
+    scalar = scalar and is_scalar(sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = 0.5 * s * (_st.norm.ppf(pa) - _st.norm.ppf(pb))
+        if p_upper_b is None:
+            r = s * _st.norm.ppf(pa)
+        else:
+            r = 0.5 * s * (_st.norm.ppf(pa) - _st.norm.ppf(pb))
     r = np.where(pa > pb, r, 0.0)
     if norm == "linf":
         assert d is not None
         r = r / math.sqrt(d)
-    return _ret(r, scalar)
+    return scalar_or_array(r, scalar)
 
 
 def laplace_radius(
@@ -198,7 +187,7 @@ def laplace_radius(
         r_comp = -b * np.log(1.0 - pa + pb)
     r = np.fmax(r_ratio, r_comp)
     r = np.where(pa > pb, r, 0.0)
-    return _ret(r, scalar)
+    return scalar_or_array(r, scalar)
 
 
 def uniform_radius(
@@ -223,7 +212,7 @@ def uniform_radius(
         # 1 - (1 - g/2)^(1/d) computed as -expm1(log1p(-g/2)/d): accurate for large d.
         r = 2.0 * lam * -np.expm1(np.log1p(-0.5 * gap) / d)
     r = np.where(pa > pb, r, 0.0)
-    return _ret(r, scalar)
+    return scalar_or_array(r, scalar)
 
 
 _RADIUS = {"gaussian": gaussian_radius, "laplace": laplace_radius, "uniform": uniform_radius}
@@ -255,10 +244,10 @@ def gaussian_threshold(r: ArrayLike, *, sigma: float, norm: str = "l2", dim: int
     s = check_sigma(sigma)
     _check_norm("gaussian", norm)
     d = _dim_for(norm, dim)
-    scalar = np.ndim(r) == 0
-    rr = _nonneg("radius", r)
+    scalar = is_scalar(r)
+    rr = nonnegative_array("radius", r)
     scale = math.sqrt(d) if (norm == "linf" and d is not None) else 1.0
-    return _ret(_st.norm.cdf(rr * scale / s), scalar)
+    return scalar_or_array(_st.norm.cdf(rr * scale / s), scalar)
 
 
 def laplace_threshold(r: ArrayLike, *, sigma: float, norm: str = "l1", dim: int | None = None) -> Float:
@@ -266,9 +255,9 @@ def laplace_threshold(r: ArrayLike, *, sigma: float, norm: str = "l1", dim: int 
     b = laplace_scale(sigma)
     _check_norm("laplace", norm)
     _dim_for(norm, dim)
-    scalar = np.ndim(r) == 0
-    rr = _nonneg("radius", r)
-    return _ret(1.0 - 0.5 * np.exp(-rr / b), scalar)
+    scalar = is_scalar(r)
+    rr = nonnegative_array("radius", r)
+    return scalar_or_array(1.0 - 0.5 * np.exp(-rr / b), scalar)
 
 
 def uniform_threshold(r: ArrayLike, *, sigma: float, norm: str = "l1", dim: int | None = None) -> Float:
@@ -280,8 +269,8 @@ def uniform_threshold(r: ArrayLike, *, sigma: float, norm: str = "l1", dim: int 
     lam = uniform_half_width(sigma)
     _check_norm("uniform", norm)
     d = _dim_for(norm, dim)
-    scalar = np.ndim(r) == 0
-    rr = _nonneg("radius", r)
+    scalar = is_scalar(r)
+    rr = nonnegative_array("radius", r)
     x = rr / (2.0 * lam)
     if norm == "l1":
         t = 0.5 + x
@@ -290,7 +279,7 @@ def uniform_threshold(r: ArrayLike, *, sigma: float, norm: str = "l1", dim: int 
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(x < 1.0, 1.5 - np.exp(d * np.log1p(-np.minimum(x, 1.0))), np.inf)
     t = np.where(t <= 1.0, t, np.inf)
-    return _ret(t, scalar)
+    return scalar_or_array(t, scalar)
 
 
 _THRESHOLD = {"gaussian": gaussian_threshold, "laplace": laplace_threshold, "uniform": uniform_threshold}

@@ -46,6 +46,7 @@ from scipy import stats as _st
 
 from smoothcert.core import stats
 from smoothcert.core.checks import check_alpha, check_int
+from smoothcert.core.errors import ConfigError
 
 __all__ = [
     "CERTIFIED",
@@ -111,7 +112,7 @@ def make_schedule(
     alpha = check_alpha(alpha)
     beta = alpha if beta is None else check_alpha(beta, "beta")
     if not (isinstance(growth, int | float) and growth > 1 and math.isfinite(growth)):
-        raise ValueError(f"growth must be a finite number > 1, got {growth!r}")
+        raise ConfigError(f"growth must be a finite number > 1, got {growth!r}")
     sizes: list[int] = []
     size = float(min(n_first, n_max))
     while int(size) < n_max:
@@ -155,7 +156,7 @@ def _bounds(
     count: ArrayLike, stage: int, schedule: Schedule
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     if not 0 <= stage < schedule.num_stages:
-        raise ValueError(f"stage must be in [0, {schedule.num_stages}), got {stage!r}")
+        raise ConfigError(f"stage must be in [0, {schedule.num_stages}), got {stage!r}")
     c = np.atleast_1d(np.asarray(count, dtype=np.int64))
     n = schedule.sizes[stage]
     lower = np.atleast_1d(stats.clopper_pearson_lower(c, n, schedule.alphas[stage]))

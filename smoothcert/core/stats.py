@@ -2,8 +2,10 @@
 
 This module imports neither torch nor anything that does. Every function accepts Python
 scalars or numpy arrays (broadcast together) and returns a Python ``float``/``int`` for
-scalar input or a numpy array otherwise. Arguments are validated and a bad one raises a
-``ValueError`` naming it and its value.
+scalar input or a numpy array otherwise. Arguments are validated by :mod:`smoothcert.core.checks`:
+a bad one raises a ``ValueError`` (:class:`~smoothcert.core.errors.ConfigError`) naming it and
+its value. The Gaussian radius itself lives in :mod:`smoothcert.core.radii`; :func:`cohen_radius`
+and :func:`max_radius` call it.
 
 Formulas follow Cohen, Rosenfeld & Kolter (ICML 2019): Theorem 1, Propositions 1–2, App. C, D
 and I; ``docs/statistics.md`` §2–§7 states and derives each one.
@@ -18,6 +20,18 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
 from scipy.special import logsumexp
+
+from smoothcert.core import radii
+from smoothcert.core.checks import (
+    counts_array,
+    int_array,
+    is_scalar,
+    open_unit_array,
+    positive_array,
+    probability_array,
+    scalar_or_array,
+)
+from smoothcert.core.errors import ConfigError
 
 __all__ = [
     "certified_accuracy_lower_bound",
@@ -36,74 +50,6 @@ FloatArray = NDArray[np.float64]
 # The functions below return a Python float when every argument is a scalar (a number or a 0-d
 # array) and a float64 array otherwise; their overloads say so where the types can tell: all
 # arguments Python numbers gives ``float``, anything else ``float | FloatArray``.
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _is_scalar(*xs: ArrayLike) -> bool:
-    return all(np.ndim(x) == 0 for x in xs)
-
-
-def _ret(x: NDArray[Any], scalar: bool) -> float | FloatArray:
-    if scalar:
-        return float(x.item())
-    return np.asarray(x, dtype=np.float64)
-
-
-def _fmt(value: Any) -> str:
-    arr = np.asarray(value)
-    return repr(arr.item()) if arr.ndim == 0 else np.array2string(arr, threshold=6)
-
-
-def _float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from None
-    return arr
-
-
-def _check_open_unit(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    arr = _float_array(name, value)
-    bad = ~((arr > 0) & (arr < 1))
-    if np.any(bad):
-        raise ValueError(f"{name} must be in (0, 1), got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr
-
-
-def _check_probability(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    arr = _float_array(name, value)
-    bad = ~((arr >= 0) & (arr <= 1))
-    if np.any(bad):
-        raise ValueError(f"{name} must be in [0, 1], got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr
-
-
-def _check_positive(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    arr = _float_array(name, value)
-    bad = ~(arr > 0) | ~np.isfinite(arr)
-    if np.any(bad):
-        raise ValueError(f"{name} must be > 0 and finite, got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr
-
-
-def _check_int(name: str, value: ArrayLike, minimum: int) -> NDArray[np.int64]:
-    arr = _float_array(name, value)
-    bad = ~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < minimum)
-    if np.any(bad):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {_fmt(arr[bad] if arr.ndim else arr)}")
-    return arr.astype(np.int64)
-
-
-def _check_counts(k: ArrayLike, n: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    k_arr = _check_int("k", k, 0)
-    n_arr = _check_int("n", n, 1)
-    k_arr, n_arr = np.broadcast_arrays(k_arr, n_arr)
-    bad = k_arr > n_arr
-    if np.any(bad):
-        raise ValueError(f"k must be <= n, got k={_fmt(k_arr[bad])} with n={_fmt(n_arr[bad])}")
-    return k_arr, n_arr
 
 
 # --------------------------------------------------------------------------- confidence bounds
@@ -125,14 +71,14 @@ def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float
     ``alpha ** (1 / n)``. Equals statsmodels' ``proportion_confint(k, n, 2 * alpha,
     method="beta")[0]``.
     """
-    scalar = _is_scalar(k, n, alpha)
-    k_arr, n_arr = _check_counts(k, n)
-    a = _check_open_unit("alpha", alpha)
+    scalar = is_scalar(k, n, alpha)
+    k_arr, n_arr = counts_array(k, n)
+    a = open_unit_array("alpha", alpha)
     k_arr, n_arr, a = np.broadcast_arrays(k_arr, n_arr, a)
     with np.errstate(invalid="ignore"):
         lb = _st.beta.ppf(a, np.maximum(k_arr, 1), n_arr - k_arr + 1)
     lb = np.where(k_arr == 0, 0.0, lb)
-    return _ret(np.asarray(lb, dtype=np.float64), scalar)
+    return scalar_or_array(np.asarray(lb, dtype=np.float64), scalar)
 
 
 @overload
@@ -150,14 +96,14 @@ def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float
     that ``P(UB >= p) >= 1 - alpha``. Mirror image of :func:`clopper_pearson_lower`:
     ``UB(k, n) = 1 - LB(n - k, n)``.
     """
-    scalar = _is_scalar(k, n, alpha)
-    k_arr, n_arr = _check_counts(k, n)
-    a = _check_open_unit("alpha", alpha)
+    scalar = is_scalar(k, n, alpha)
+    k_arr, n_arr = counts_array(k, n)
+    a = open_unit_array("alpha", alpha)
     k_arr, n_arr, a = np.broadcast_arrays(k_arr, n_arr, a)
     with np.errstate(invalid="ignore"):
         ub = _st.beta.ppf(1.0 - a, k_arr + 1, np.maximum(n_arr - k_arr, 1))
     ub = np.where(k_arr == n_arr, 1.0, ub)
-    return _ret(np.asarray(ub, dtype=np.float64), scalar)
+    return scalar_or_array(np.asarray(ub, dtype=np.float64), scalar)
 
 
 # --------------------------------------------------------------------------- radii
@@ -179,34 +125,24 @@ def cohen_radius(
     *,
     sigma: ArrayLike = 1.0,
 ) -> float | FloatArray:
-    """Certified L2 radius of Theorem 1 (Cohen et al. 2019).
+    """Certified L2 radius of Theorem 1 (Cohen et al. 2019): an alias of :func:`smoothcert.core.radii.gaussian_radius`.
 
     With the runner-up bound: ``R = sigma / 2 * (Phi^-1(pA_lower) - Phi^-1(pB_upper))``.
     Without it, ``pB_upper = 1 - pA_lower`` and ``R = sigma * Phi^-1(pA_lower)``.
     Where the theorem's condition ``pA_lower > pB_upper`` fails there is no certificate and
-    the radius is ``0.0``.
+    the radius is ``0.0``. Kept under this name and signature for callers of the 2019 API;
+    the formula lives in :mod:`smoothcert.core.radii` only. ``sigma`` may be an array here.
     """
-    scalar = _is_scalar(p_lower, sigma) and (p_upper_runner_up is None or _is_scalar(p_upper_runner_up))
-    pa = _check_probability("p_lower", p_lower)
-    s = _check_positive("sigma", sigma)
-    if p_upper_runner_up is None:
-        pa, s = np.broadcast_arrays(pa, s)
-        with np.errstate(divide="ignore"):
-            r = s * _st.norm.ppf(pa)
-        r = np.where(pa > 0.5, r, 0.0)
-    else:
-        pb = _check_probability("p_upper_runner_up", p_upper_runner_up)
-        pa, pb, s = np.broadcast_arrays(pa, pb, s)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = 0.5 * s * (_st.norm.ppf(pa) - _st.norm.ppf(pb))
-        r = np.where(pa > pb, r, 0.0)
-    return _ret(np.asarray(r, dtype=np.float64), scalar)
+    if p_upper_runner_up is not None:
+        probability_array("p_upper_runner_up", p_upper_runner_up)  # named as the caller knows it
+    r: float | FloatArray = radii.gaussian_radius(p_lower, sigma=sigma, p_upper_b=p_upper_runner_up)
+    return r
 
 
 def _pb_default(pa: NDArray[np.float64], p_runner_up: ArrayLike | None) -> NDArray[np.float64]:
     if p_runner_up is None:
         return 1.0 - pa
-    pb = _check_probability("p_runner_up", p_runner_up)
+    pb = probability_array("p_runner_up", p_runner_up)
     return np.asarray(np.broadcast_to(pb, np.broadcast_shapes(pb.shape, pa.shape)), dtype=np.float64)
 
 
@@ -255,22 +191,14 @@ def lecuyer_radius(
     ``R = sup_{0 < b < min(1, ln(pA/pB)/2)} sigma * b / sqrt(2 ln(1.25 (1 + e^b) / (pA - e^(2b) pB)))``
     with ``pB = 1 - pA`` unless given. ``0.0`` where ``pA <= pB``.
     """
-    scalar = _is_scalar(p_a, sigma) and (p_runner_up is None or _is_scalar(p_runner_up))
-    pa = _check_probability("p_a", p_a)
-    pb = _pb_default(pa, p_runner_up)
-    s = _check_positive("sigma", sigma)
-    pa, pb, s = np.broadcast_arrays(pa, pb, s)
-    shape = pa.shape
-    pa_f, pb_f = pa.ravel(), pb.ravel()
-    out = np.zeros(pa_f.shape)
-    ok = pa_f > pb_f
-    if np.any(ok):
-        a, b = pa_f[ok], pb_f[ok]
-        with np.errstate(divide="ignore"):
-            upper = np.minimum(1.0, 0.5 * (np.log(a) - np.log(b)))
-        out[ok] = _chunked_sup(_lecuyer_objective, np.zeros_like(upper), upper, a, b)
-    r = s * out.reshape(shape)
-    return _ret(np.asarray(r, dtype=np.float64), scalar)
+    return _sup_radius(p_a, p_runner_up, sigma, _lecuyer_objective, _lecuyer_bounds)
+
+
+def _lecuyer_bounds(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The search interval ``0 < beta < min(1, ln(pA/pB)/2)``."""
+    with np.errstate(divide="ignore"):
+        upper = np.minimum(1.0, 0.5 * (np.log(a) - np.log(b)))
+    return np.zeros_like(upper), upper
 
 
 def _chunked_sup(
@@ -314,21 +242,29 @@ def li_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None = None, *, sigma: Ar
     with ``pB = 1 - pA`` unless given. The power mean is evaluated in log space so large
     orders ``a`` do not overflow. ``0.0`` where ``pA <= pB``.
     """
-    scalar = _is_scalar(p_a, sigma) and (p_runner_up is None or _is_scalar(p_runner_up))
-    pa = _check_probability("p_a", p_a)
+    return _sup_radius(p_a, p_runner_up, sigma, _li_objective, _li_bounds)
+
+
+def _li_bounds(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The search interval of ``t = log10(order - 1)``: orders from ``1 + 1e-6`` to ``1e6``."""
+    return np.full(a.shape, -6.0), np.full(a.shape, 6.0)
+
+
+def _sup_radius(p_a: ArrayLike, p_runner_up: ArrayLike | None, sigma: ArrayLike, factory: Any, bounds: Any) -> Any:
+    """``sigma * sup_t objective(t)`` where ``pA > pB`` (``0.0`` elsewhere), for the App. I radii."""
+    scalar = is_scalar(p_a, sigma, p_runner_up)
+    pa = probability_array("p_a", p_a)
     pb = _pb_default(pa, p_runner_up)
-    s = _check_positive("sigma", sigma)
+    s = positive_array("sigma", sigma)
     pa, pb, s = np.broadcast_arrays(pa, pb, s)
-    shape = pa.shape
     pa_f, pb_f = pa.ravel(), pb.ravel()
     out = np.zeros(pa_f.shape)
     ok = pa_f > pb_f
     if np.any(ok):
         a, b = pa_f[ok], pb_f[ok]
-        # search t = log10(order - 1) over [-6, 6]: orders from 1 + 1e-6 to 1e6
-        out[ok] = _chunked_sup(_li_objective, np.full(a.shape, -6.0), np.full(a.shape, 6.0), a, b)
-    r = s * out.reshape(shape)
-    return _ret(np.asarray(r, dtype=np.float64), scalar)
+        lo, hi = bounds(a, b)
+        out[ok] = _chunked_sup(factory, lo, hi, a, b)
+    return scalar_or_array(s * out.reshape(pa.shape), scalar)
 
 
 def _li_objective(a: NDArray[np.float64], b: NDArray[np.float64]) -> Any:
@@ -359,14 +295,10 @@ def max_radius(n: ArrayLike, alpha: ArrayLike, *, sigma: ArrayLike = 1.0) -> flo
     This is the radius when all ``n`` estimation votes go to the top class. ``0.0`` when
     ``alpha^(1/n) <= 1/2``, i.e. when CERTIFY must abstain whatever the votes.
     """
-    scalar = _is_scalar(n, alpha, sigma)
-    n_arr = _check_int("n", n, 1)
-    a = _check_open_unit("alpha", alpha)
-    s = _check_positive("sigma", sigma)
-    n_arr, a, s = np.broadcast_arrays(n_arr, a, s)
-    p = np.exp(np.log(a) / n_arr)
-    r = np.where(p > 0.5, s * _st.norm.ppf(p), 0.0)
-    return _ret(np.asarray(r, dtype=np.float64), scalar)
+    scalar = is_scalar(n, alpha, sigma)
+    n_arr, a = np.broadcast_arrays(int_array("n", n, 1), open_unit_array("alpha", alpha))
+    p = np.exp(np.log(a) / n_arr)  # the Clopper-Pearson lower bound of n votes of n
+    return scalar_or_array(radii.gaussian_radius(p, sigma=sigma), scalar)
 
 
 def min_predict_n(alpha: float) -> int:
@@ -375,7 +307,7 @@ def min_predict_n(alpha: float) -> int:
     The smallest two-sided p-value ``n`` votes can give is ``2 * 0.5^n``, so this is the least
     ``n`` with ``2 * 0.5^n <= alpha`` (11 at ``alpha = 0.001``).
     """
-    a = float(_check_open_unit("alpha", alpha))
+    a = float(open_unit_array("alpha", alpha))
     n = max(1, math.ceil(math.log2(2.0 / a)))
     while n > 1 and 2.0 * 0.5 ** (n - 1) <= a:
         n -= 1
@@ -390,7 +322,7 @@ def min_certify_n(alpha: float) -> int:
     CERTIFY needs ``LB(n, n, alpha) = alpha^(1/n) > 1/2``, so this is the least ``n`` with
     ``alpha < 0.5^n`` (10 at ``alpha = 0.001``).
     """
-    a = float(_check_open_unit("alpha", alpha))
+    a = float(open_unit_array("alpha", alpha))
     n = max(1, math.floor(math.log2(1.0 / a)) + 1)
     while n > 1 and a ** (1.0 / (n - 1)) > 0.5:
         n -= 1
@@ -418,14 +350,14 @@ def predict_pvalue(count_a: ArrayLike, count_b: ArrayLike) -> float | FloatArray
     this equals ``scipy.stats.binomtest(count_a, count_a + count_b, 0.5).pvalue``. With no
     votes at all the p-value is ``1.0``.
     """
-    scalar = _is_scalar(count_a, count_b)
-    ka = _check_int("count_a", count_a, 0)
-    kb = _check_int("count_b", count_b, 0)
+    scalar = is_scalar(count_a, count_b)
+    ka = int_array("count_a", count_a, 0)
+    kb = int_array("count_b", count_b, 0)
     ka, kb = np.broadcast_arrays(ka, kb)
     total = ka + kb
     p = np.minimum(1.0, 2.0 * _st.binom.cdf(np.minimum(ka, kb), total, 0.5))
     p = np.where(total == 0, 1.0, p)
-    return _ret(np.asarray(p, dtype=np.float64), scalar)
+    return scalar_or_array(np.asarray(p, dtype=np.float64), scalar)
 
 
 # --------------------------------------------------------------------------- test-set bound
@@ -449,13 +381,13 @@ def certified_accuracy_lower_bound(accuracy: ArrayLike, m: int, alpha: float, ga
     ``acc >= acc_hat - alpha - (L/3 + sqrt(L^2/9 + 2 m alpha (1 - alpha) L)) / m``,
     clipped at 0.
     """
-    scalar = _is_scalar(accuracy)
-    acc = _check_probability("accuracy", accuracy)
-    m_i = int(_check_int("m", m, 1))
-    a = float(_check_open_unit("alpha", alpha))
-    g = float(_check_open_unit("gamma", gamma))
+    scalar = is_scalar(accuracy)
+    acc = probability_array("accuracy", accuracy)
+    m_i = int(int_array("m", m, 1))
+    a = float(open_unit_array("alpha", alpha))
+    g = float(open_unit_array("gamma", gamma))
     if a > 0.5:
-        raise ValueError(f"alpha must be <= 0.5 for this bound, got {a!r}")
+        raise ConfigError(f"alpha must be <= 0.5 for this bound, got {a!r}")
     L = math.log(1.0 / g)
     slack = a + (L / 3.0 + math.sqrt(L * L / 9.0 + 2.0 * m_i * a * (1.0 - a) * L)) / m_i
-    return _ret(np.maximum(acc - slack, 0.0), scalar)
+    return scalar_or_array(np.maximum(acc - slack, 0.0), scalar)

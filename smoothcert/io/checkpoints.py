@@ -8,7 +8,9 @@ are recognised by their first bytes and refused with the way to convert them.
 from __future__ import annotations
 
 import json
+import math
 import platform
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ from smoothcert.io.files import commit_file, sha256_file
 from smoothcert.models.architectures import build_model, upgrade_legacy_keys
 from smoothcert.models.denoisers import DnCNN
 
-__all__ = ["CheckpointError", "checkpoint_sha256", "load_denoiser", "load_model", "save_model", "versions"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_sha256",
+    "load_denoiser",
+    "load_model",
+    "save_model",
+    "state_dict_problems",
+    "versions",
+]
 
 
 def versions() -> dict[str, str]:
@@ -42,16 +52,26 @@ def versions() -> dict[str, str]:
 
 
 def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (atomically, via rename)."""
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (atomically, via rename).
+
+    ``meta`` must be strict JSON (no NaN or infinity): :class:`CheckpointError` otherwise, raised
+    before anything is written.
+    """
     from safetensors.torch import save_model as _save
 
+    try:  # strict JSON: a NaN or infinity would make model.json unreadable by other tools
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        bad = sorted(k for k, v in meta.items() if isinstance(v, float) and not math.isfinite(v))
+        fields = ", ".join(bad) or "nested"
+        raise CheckpointError(f"model.json cannot hold non-finite values (fields: {fields})") from None
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / "model.safetensors.tmp"
     _save(model, str(tmp), force_contiguous=True)  # channels-last weights are saved in standard layout
     commit_file(tmp, d / "model.safetensors")
     meta_tmp = d / "model.json.tmp"
-    meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta_tmp.write_text(text + "\n")
     commit_file(meta_tmp, d / "model.json")
     return d
 
@@ -87,14 +107,71 @@ def checkpoint_sha256(path: str | Path) -> str:
     return sha256_file(weights)
 
 
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def state_dict_problems(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *, optional: tuple[str, ...] = ()
+) -> list[str]:
+    """What keeps ``source`` from loading into a model whose state dict is ``target``, one phrase each.
+
+    Missing keys (absent from ``source``; keys ending in one of ``optional`` may be), unexpected keys
+    (absent from ``target``) and shape mismatches, each with a count and the first three names.
+    Empty when ``source`` fits exactly.
+    """
+    missing = sorted(k for k in target if k not in source and not k.endswith(optional))
+    unexpected = sorted(k for k in source if k not in target)
+    mismatched = sorted(k for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} ({_names(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} ({_names(unexpected)})")
+    if mismatched:
+        shapes = [f"{k} (checkpoint {list(source[k].shape)}, model {list(target[k].shape)})" for k in mismatched]
+        problems.append(f"{len(mismatched)} shape mismatch{'es' * (len(mismatched) > 1)}: {_names(shapes)}")
+    return problems
+
+
+def _load_weights(
+    model: nn.Module,
+    weights: Path,
+    device: torch.device | str,
+    upgrade: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None,
+) -> None:
+    """Load ``weights`` into ``model`` exactly, then put it on ``device`` in eval mode.
+
+    A file safetensors cannot read, or whose tensors do not fit the model (missing or unexpected
+    keys, other shapes), raises :class:`CheckpointError` listing what differs.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None
+    if upgrade is not None:
+        state = upgrade(state)
+    problems = state_dict_problems(state, model.state_dict())
+    if problems:
+        raise CheckpointError(f"checkpoint {str(weights)!r} does not fit its model.json: " + "; ".join(problems))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # e.g. a dtype torch cannot copy
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None
+    model.to(device).eval()
+
+
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint directory written by :func:`save_model`; returns ``(model, meta)`` in eval mode.
 
     Reads only JSON and safetensors: nothing is unpickled.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, meta_path = _checkpoint_paths(path)
     try:
         meta = json.loads(meta_path.read_text())
@@ -111,13 +188,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
         )
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
-    try:
-        state = upgrade_legacy_keys(str(meta["arch"]), load_file(str(weights), device=str(device)))
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None
-    model.to(device).eval()
+    _load_weights(model, weights, device, lambda state: upgrade_legacy_keys(str(meta["arch"]), state))
     return model, meta
 
 
@@ -126,9 +197,6 @@ def load_denoiser(path: str | Path, *, device: torch.device | str = "cpu") -> tu
 
     Returns ``(denoiser, meta)``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, meta_path = _checkpoint_paths(path)
     try:
         meta = json.loads(meta_path.read_text())
@@ -137,10 +205,5 @@ def load_denoiser(path: str | Path, *, device: torch.device | str = "cpu") -> tu
         model = DnCNN(int(meta["input_shape"][0]), depth=int(meta["depth"]), width=int(meta["width"]))
     except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
-    try:
-        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt checkpoint {str(weights)!r}: {first}") from None
-    model.to(device).eval()
+    _load_weights(model, weights, device, None)
     return model, meta

@@ -25,7 +25,9 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from smoothcert.core.errors import ConfigError, DataFormatError
+
 __all__ = [
     "DATASETS",
+    "DataFormatError",
     "DatasetNotFoundError",
     "DatasetSpec",
     "RandomCropFlip",
@@ -98,18 +103,52 @@ class TensorImages(Dataset[tuple[torch.Tensor, int]]):
 # ----------------------------------------------------------------------------- readers
 
 
+_CORRUPT = (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError)
+_NOT_FORMAT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+@contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn a failure to parse ``path`` (bad gzip, truncation, bad pickle or .mat) into one DataFormatError."""
+    try:
+        yield
+    except DataFormatError:
+        raise
+    except _NOT_FORMAT:
+        raise
+    except Exception as e:
+        if not isinstance(e, (*_CORRUPT, *_mat_errors())):
+            raise
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataFormatError(
+            f"{path} is not a readable {kind} ({type(e).__name__}: {text}); the file is corrupt or truncated, "
+            "replace it with a fresh copy"
+        ) from None
+
+
+def _mat_errors() -> tuple[type[Exception], ...]:
+    try:
+        from scipy.io.matlab import MatReadError
+    except ImportError:  # pragma: no cover - every supported scipy has it
+        return ()
+    return (MatReadError,)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): big-endian magic, dims, then unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
+    with _reading(path, "IDX file"), opener(path, "rb") as fh:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        raise DataFormatError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataFormatError(f"{path} is truncated: its header ends after {len(data)} bytes")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {arr.size}")
+        want = int(np.prod(dims))
+        raise DataFormatError(f"{path} is truncated or padded: its header promises {want} values, found {arr.size}")
     return arr.reshape(dims)
 
 
@@ -132,9 +171,17 @@ def _idx_loader(torchvision_folder: str) -> Callable[[Path, str, bool], Dataset[
             if p is None:
                 raise DatasetNotFoundError(f"no {base}[.gz] in {root} or {root / torchvision_folder / 'raw'}")
             found.append(p)
-        images = torch.from_numpy(_read_idx(found[0]).copy()).unsqueeze(1)
-        labels = torch.from_numpy(_read_idx(found[1]).astype(np.int64))
-        return TensorImages(images, labels, _augmentation(torchvision_folder, augment))
+        images, labels = _read_idx(found[0]), _read_idx(found[1])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataFormatError(
+                f"{found[0]} (shape {list(images.shape)}) and {found[1]} (shape {list(labels.shape)}) "
+                "are not N images of H x W and their N labels"
+            )
+        return TensorImages(
+            torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+            _augmentation(torchvision_folder, augment),
+        )
 
     return load
 
@@ -148,10 +195,20 @@ def _cifar_loader(root: Path, split: str, augment: bool) -> Dataset[Any]:
         if not p.exists():
             raise DatasetNotFoundError(f"no {name} in {base}")
         # CIFAR-10's python batches are pickles by their format; they are data, never checkpoints
-        with p.open("rb") as fh:
-            batch = pickle.load(fh, encoding="latin1")
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64))
+        with _reading(p, "CIFAR-10 python batch"):
+            with p.open("rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            labels = batch.get("labels", batch.get("fine_labels")) if isinstance(batch, dict) else None
+            if labels is None or "data" not in batch:
+                raise DataFormatError(f"{p} is not a CIFAR-10 python batch (a dict with 'data' and 'labels')")
+            images = np.asarray(batch["data"], dtype=np.uint8)
+            if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
+                raise DataFormatError(
+                    f"{p} is not a CIFAR-10 python batch: 'data' has shape {list(images.shape)} for "
+                    f"{len(labels)} labels (expected [{len(labels)}, 3072])"
+                )
+        xs.append(images.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, dtype=np.int64))
     return TensorImages(
         torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), _augmentation("cifar10", augment)
     )
@@ -163,9 +220,14 @@ def _svhn_loader(root: Path, split: str, augment: bool) -> Dataset[Any]:
     p = root / f"{split}_32x32.mat"
     if not p.exists():
         raise DatasetNotFoundError(f"no {p.name} in {root}")
-    mat = loadmat(str(p))
-    images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8))
-    labels = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN stores digit 0 as label 10
+    with _reading(p, "SVHN .mat file"):
+        mat = loadmat(str(p))
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None or np.ndim(x) != 4 or np.shape(x)[:3] != (32, 32, 3) or np.size(y) != np.shape(x)[3]:
+        found = {k: list(np.shape(v)) for k, v in mat.items() if not k.startswith("__")}
+        raise DataFormatError(f"{p} is not an SVHN .mat file (X of shape [32, 32, 3, N] and N labels y): found {found}")
+    images = np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1)).astype(np.uint8))
+    labels = np.asarray(y).astype(np.int64).reshape(-1) % 10  # SVHN stores digit 0 as label 10
     return TensorImages(torch.from_numpy(images), torch.from_numpy(labels), _augmentation("svhn", augment))
 
 
@@ -282,9 +344,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The registered data set ``name``; ``ValueError`` listing the known names otherwise."""
+    """The registered data set ``name``; :class:`ConfigError` (a ``ValueError``) listing the known names otherwise."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -310,12 +372,15 @@ def load_dataset(
     """Load split ``train`` or ``test`` (``val`` is accepted for ``test``) of data set ``name``.
 
     ``augment`` applies the data set's training augmentation (random crops and flips, paper App. J.2).
-    Missing files raise :class:`DatasetNotFoundError` saying where it looked and how to get them.
+    Missing files raise :class:`DatasetNotFoundError` saying where it looked and how to get them; a
+    corrupt or truncated file (bad gzip stream, wrong IDX magic or size, a CIFAR batch that does not
+    unpickle to the expected dict, an unreadable SVHN .mat) raises
+    :class:`~smoothcert.core.errors.DataFormatError` naming the file.
     """
     spec = get_spec(name)
     split = "test" if split == "val" else split
     if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     root = resolve_dir(name, data_dir)
     if not root.is_dir():
         raise DatasetNotFoundError(f"{name}: data directory {str(root)!r} does not exist; {spec.how_to_get}")

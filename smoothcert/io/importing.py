@@ -26,6 +26,7 @@ may be absent). The normalization layer is rebuilt from the data set's mean and 
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import time
@@ -38,8 +39,8 @@ import torch
 from torch import nn
 
 from smoothcert.core.checks import check_sigma
-from smoothcert.core.errors import CheckpointError
-from smoothcert.io.checkpoints import save_model, versions
+from smoothcert.core.errors import CheckpointError, ConfigError
+from smoothcert.io.checkpoints import save_model, state_dict_problems, versions
 from smoothcert.io.files import sha256_file
 from smoothcert.models.architectures import RepeatChannels, build_model, upgrade_legacy_keys
 
@@ -132,24 +133,9 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return state, {}
 
 
-def _names(keys: list[str]) -> str:
-    shown = ", ".join(keys[:3])
-    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
 def _match(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """``source`` cast to ``target``'s dtypes, after checking it supplies exactly ``target``'s tensors."""
-    missing = sorted(k for k in target if k not in source and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in source if k not in target)
-    mismatched = sorted(k for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} ({_names(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} ({_names(unexpected)})")
-    if mismatched:
-        shapes = [f"{k} (checkpoint {list(source[k].shape)}, model {list(target[k].shape)})" for k in mismatched]
-        problems.append(f"{len(mismatched)} shape mismatch{'es' * (len(mismatched) > 1)}: {_names(shapes)}")
+    problems = state_dict_problems(source, target, optional=("num_batches_tracked",))
     if problems:
         raise CheckpointError(f"the checkpoint does not fit {what}: " + "; ".join(problems))
     out = {k: v.to(target[k].dtype) for k, v in source.items()}
@@ -174,7 +160,7 @@ def cached_weights_path(arch: str, weights: str) -> tuple[Path, Any]:
     try:
         enum = torchvision.models.get_model_weights(arch)
     except (ValueError, KeyError):
-        raise ValueError(
+        raise ConfigError(
             f"arch {arch!r} has no torchvision pretrained weights (--weights needs a torchvision model)"
         ) from None
     short = weights.rsplit(".", 1)[-1]
@@ -183,8 +169,30 @@ def cached_weights_path(arch: str, weights: str) -> tuple[Path, Any]:
     elif short in enum.__members__:
         w = enum[short]
     else:
-        raise ValueError(f"unknown weights {weights!r} for {arch}; choose one of: {', '.join(enum.__members__)}")
+        raise ConfigError(f"unknown weights {weights!r} for {arch}; choose one of: {', '.join(enum.__members__)}")
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(w.url).path).name, w
+
+
+def _recorded_sigma(info: Mapping[str, Any], path: Path) -> float | None:
+    """The training noise level the checkpoint records (``sigma`` or ``noise_sd``), validated.
+
+    A finite number >= 0 (0: trained without noise, as ``smoothcert train --sigma 0`` does); anything
+    else (NaN, a negative or infinite value, a string) raises :class:`CheckpointError` naming the field.
+    """
+    for name in ("sigma", "noise_sd"):
+        if name in info:
+            value = info[name]
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not (math.isfinite(v) and v >= 0):
+                raise CheckpointError(
+                    f"{str(path)!r} records {name} = {value!r}, not a noise level (a finite number >= 0); "
+                    "fix the file or re-save its state dict alone and pass --sigma"
+                )
+            return v
+    return None
 
 
 def _hint(path: Path | None, pattern: str) -> str:
@@ -222,19 +230,19 @@ def import_checkpoint(
     from smoothcert.io.data import get_spec
 
     if src is not None and weights is not None:
-        raise ValueError(f"give a checkpoint file or --weights, not both (got {str(src)!r} and {weights!r})")
+        raise ConfigError(f"give a checkpoint file or --weights, not both (got {str(src)!r} and {weights!r})")
     if src is None and weights is None:
-        raise ValueError("nothing to import: give a checkpoint file or --weights NAME")
+        raise ConfigError("nothing to import: give a checkpoint file or --weights NAME")
     if sigma is not None:
         sigma = check_sigma(sigma)
     out_dir = Path(out)
     if (out_dir / "model.safetensors").exists() and not overwrite:
-        raise ValueError(f"{str(out_dir)!r} already holds a model; pass --overwrite to replace it")
+        raise ConfigError(f"{str(out_dir)!r} already holds a model; pass --overwrite to replace it")
 
     weights_enum: Any = None
     if weights is not None:
         if arch is None:
-            raise ValueError("--weights needs --arch (the torchvision model the weights belong to)")
+            raise ConfigError("--weights needs --arch (the torchvision model the weights belong to)")
         path, weights_enum = cached_weights_path(arch, weights)
         if not path.is_file():
             raise FileNotFoundError(
@@ -243,6 +251,10 @@ def import_checkpoint(
             )
     else:
         path = Path(str(src))
+        if path.is_dir():
+            raise ConfigError(
+                f"checkpoint {str(src)!r} is a directory: give the checkpoint file (e.g. checkpoint.pth.tar)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(src)!r} does not exist")
 
@@ -262,27 +274,26 @@ def import_checkpoint(
 
     def agree(name: str, given: Any, recorded: Any) -> Any:
         if given is not None and recorded is not None and given != recorded:
-            raise ValueError(f"the checkpoint says {name} {recorded!r} but --{name} is {given!r}")
+            raise ConfigError(f"the checkpoint says {name} {recorded!r} but --{name} is {given!r}")
         return given if given is not None else recorded
 
     arch = agree("arch", arch, info.get("arch"))
     if arch is None:
-        raise ValueError("the checkpoint does not say its architecture: pass --arch (e.g. cifar_resnet110, resnet50)")
+        raise ConfigError("the checkpoint does not say its architecture: pass --arch (e.g. cifar_resnet110, resnet50)")
     if dataset is None and weights_enum is not None and str(weights_enum.name).startswith("IMAGENET1K"):
         dataset = "imagenet"
     dataset = agree("dataset", dataset, info.get("dataset"))
     if dataset is None:
         hint = _hint(path, r"(cifar10|imagenet)")
-        raise ValueError(f"the checkpoint does not say its data set: pass --dataset{hint}")
-    recorded_sigma = info.get("sigma", info.get("noise_sd"))
-    sigma = agree("sigma", sigma, float(recorded_sigma) if recorded_sigma is not None else None)
+        raise ConfigError(f"the checkpoint does not say its data set: pass --dataset{hint}")
+    sigma = agree("sigma", sigma, _recorded_sigma(info, path))
     if sigma is None:
-        raise ValueError(
+        raise ConfigError(
             "the checkpoint does not say its training noise level: pass --sigma" + _hint(path, r"noise_([0-9.]+)")
         )
     spec = get_spec(dataset)
     if weights_enum is not None and len(weights_enum.meta.get("categories", [])) != spec.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{weights_enum} has {len(weights_enum.meta['categories'])} classes, "
             f"data set {dataset!r} has {spec.num_classes}"
         )
@@ -304,7 +315,7 @@ def import_checkpoint(
                 )
     if norm:
         raise CheckpointError(
-            f"the checkpoint does not fit {arch}: unexpected normalization tensors ({_names(sorted(norm))})"
+            f"the checkpoint does not fit {arch}: unexpected normalization tensors ({', '.join(sorted(norm))})"
         )
     what = f"{arch} with {spec.num_classes} classes ({dataset})"
     net.load_state_dict(_match(source, net.state_dict(), what), strict=True)

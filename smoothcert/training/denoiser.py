@@ -10,14 +10,13 @@ on one of the paper's objectives (Sec. 3.1):
 
 ``eps ~ N(0, sigma^2 I)`` in pixel space. A run directory holds ``checkpoint.safetensors`` (last
 finished epoch: weights, Adam state, identity and log in its metadata, replaced atomically; a rerun
-resumes it), ``train_log.tsv`` and at the end ``model.safetensors`` + ``model.json`` with
-``kind: denoiser`` and the classifier's sha256. :func:`load_denoiser` reads it back;
-:func:`smoothcert.models.denoisers.compose` builds ``f(D(.))``.
+resumes it; :mod:`smoothcert.training.checkpoint`), ``train_log.tsv`` and at the end
+``model.safetensors`` + ``model.json`` with ``kind: denoiser`` and the classifier's sha256.
+:func:`load_denoiser` reads it back; :func:`smoothcert.models.denoisers.compose` builds ``f(D(.))``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,12 +28,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.errors import ConfigError
 from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, save_model, versions
 from smoothcert.io.data import load_dataset
-from smoothcert.io.files import commit_file
 from smoothcert.models.denoisers import DnCNN, compose
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.smoothing.noises import make_noise
+from smoothcert.training.checkpoint import CheckpointFormat, check_run_settings, resume, save_checkpoint
 
 __all__ = [
     "OBJECTIVES",
@@ -47,8 +47,12 @@ __all__ = [
 ]
 
 OBJECTIVES = ("mse", "stability")
-_LOG_HEADER = "epoch\tlr\ttrain_loss\ttest_mse\ttest_noisy_acc\ttime"
-_CKPT_KEY = "smoothcert_denoiser_checkpoint"
+CHECKPOINT = CheckpointFormat(
+    key="smoothcert_denoiser_checkpoint",
+    identity_field="identity",
+    log_header="epoch\tlr\ttrain_loss\ttest_mse\ttest_noisy_acc\ttime",
+    what="denoiser run",
+)
 # fields of DenoiserConfig that change the trained weights; a run resumes only if they agree
 _IDENTITY = ("sigma", "objective", "batch", "lr", "lr_step", "gamma", "depth", "width", "seed", "train_limit")
 
@@ -79,23 +83,17 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("epochs", "batch", "lr_step", "width"):
-            check_int(name, getattr(self, name), 1)
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        check_run_settings(self)
+        check_int("width", self.width, 1)
         check_int("depth", self.depth, 3)
-        check_int("workers", self.workers, 0)
-        check_int("seed", self.seed, 0)
-        if self.train_limit is not None:
-            check_int("train_limit", self.train_limit, 1)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
 
 def check_compatible(denoiser_meta: dict[str, Any], classifier_meta: dict[str, Any]) -> None:
-    """Raise ValueError unless the denoiser's output shape is the classifier's input shape."""
+    """Raise ConfigError unless the denoiser's output shape is the classifier's input shape."""
     d, c = list(denoiser_meta["input_shape"]), list(classifier_meta["input_shape"])
     if d != c:
-        raise ValueError(
+        raise ConfigError(
             f"the denoiser takes inputs of shape {d} but the classifier takes {c}; they cannot be composed"
         )
 
@@ -115,7 +113,7 @@ def denoiser_loss(
         with torch.no_grad():
             target = classifier(x).argmax(1)
         return F.cross_entropy(classifier(denoised), target)
-    raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
 def _evaluate(
@@ -137,54 +135,6 @@ def _evaluate(
             total += len(y)
     denoiser.train(was)
     return se / max(pixels, 1), correct / max(total, 1)
-
-
-def _save_checkpoint(
-    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, identity: dict[str, Any], log: list[str]
-) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    state = optimizer.state_dict()
-    for i, per_param in state["state"].items():
-        for key, value in per_param.items():
-            tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = {"epoch": epoch, "identity": identity, "log": log, "param_groups": state["param_groups"]}
-    tmp = out / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
-    commit_file(tmp, out / "checkpoint.safetensors")
-    log_tmp = out / "train_log.tsv.tmp"
-    log_tmp.write_text("\n".join([_LOG_HEADER, *log]) + "\n")
-    commit_file(log_tmp, out / "train_log.tsv")
-
-
-def _load_checkpoint(
-    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
-) -> tuple[int, list[str]]:
-    from safetensors import safe_open
-
-    path = out / "checkpoint.safetensors"
-    if not path.exists():
-        return 0, []
-    with safe_open(str(path), framework="pt") as fh:
-        stored = (fh.metadata() or {}).get(_CKPT_KEY)
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    if stored is None:
-        raise ValueError(f"{path} is not a smoothcert denoiser checkpoint; use another --out")
-    meta = json.loads(stored)
-    old = meta["identity"]
-    diff = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
-    if diff:
-        details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(f"{out} holds a denoiser run with a different configuration ({details}); use another --out")
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, key = k.split(".", 2)
-            per_param.setdefault(int(i), {})[key] = v
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
-    return int(meta["epoch"]), [str(r) for r in meta["log"]]
 
 
 def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
@@ -210,16 +160,14 @@ def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
         init, init_meta = load_denoiser(config.init, device=device)
         check_compatible(init_meta, cmeta)
         if (int(init_meta["depth"]), int(init_meta["width"])) != (config.depth, config.width):
-            raise ValueError(
+            raise ConfigError(
                 f"--init denoiser has depth {init_meta['depth']} and width {init_meta['width']}, "
                 f"but depth={config.depth} and width={config.width} were asked for"
             )
         denoiser.load_state_dict(init.state_dict())
         identity["init_sha256"] = checkpoint_sha256(config.init)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr)
-    start, log = _load_checkpoint(out, denoiser, optimizer, identity)
-    if start > config.epochs:
-        raise ValueError(f"{out} already holds {start} trained epochs, more than epochs={config.epochs}")
+    start, log = resume(out, CHECKPOINT, model=denoiser, optimizer=optimizer, identity=identity, epochs=config.epochs)
     noise = make_noise("gaussian", config.sigma)
     test_mse = test_acc = float("nan")
     for epoch in range(start + 1, config.epochs + 1):
@@ -256,11 +204,11 @@ def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
             if bar is not loader:
                 bar.set_postfix(**{config.objective: f"{loss_sum / seen:.4f}"})
         test_mse, test_acc = _evaluate(denoiser, classifier, test_set, sigma=config.sigma, device=device)
-        log.append(
-            f"{epoch}\t{lr:.6g}\t{loss_sum / max(seen, 1):.6f}\t{test_mse:.6f}\t{test_acc:.6f}\t"
-            f"{time.perf_counter() - began:.3f}"
+        fields = [f"{lr:.6g}", *(f"{v:.6f}" for v in (loss_sum / max(seen, 1), test_mse, test_acc))]
+        fields.append(f"{time.perf_counter() - began:.3f}")
+        save_checkpoint(
+            out, CHECKPOINT, model=denoiser, optimizer=optimizer, epoch=epoch, identity=identity, log=log, row=fields
         )
-        _save_checkpoint(out, denoiser, optimizer, epoch, identity, log)
         if config.progress:
             print(f"epoch {epoch}: loss {loss_sum / max(seen, 1):.4f}, test mse {test_mse:.5f}, acc {test_acc:.4f}")
     if test_mse != test_mse:  # nothing left to train: evaluate the checkpoint

@@ -6,7 +6,8 @@ normalization layer. SGD with a step schedule, the reference's defaults. ``metho
 training objective (consistency, SmoothAdv, MACER; :mod:`smoothcert.training.objectives`), called once per batch.
 
 A run directory holds ``checkpoint.safetensors`` (the last finished epoch, for resuming: weights,
-optimizer state, and the run's identity and log rows in its metadata, replaced atomically),
+optimizer state, and the run's identity and log rows in its metadata, replaced atomically;
+:mod:`smoothcert.training.checkpoint`),
 ``train_log.tsv`` (one row per epoch, rewritten from the checkpoint) and at the end
 ``model.safetensors`` and ``model.json``. Under ``torchrun`` the batches are sharded with
 DistributedDataParallel; each rank draws its own noise and augmentation (:func:`epoch_seeds`).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +29,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.errors import ConfigError
+from smoothcert.core.radii import supported_norms
 from smoothcert.io.checkpoints import save_model, versions
 from smoothcert.io.data import get_spec, load_dataset
-from smoothcert.io.files import commit_file
 from smoothcert.models.architectures import build_model, upgrade_legacy_keys
 from smoothcert.runtime.devices import eval_mode, resolve_device
 from smoothcert.runtime.distributed import DistContext
+from smoothcert.smoothing.certificates import SmoothingWarning
 from smoothcert.smoothing.noises import NOISES, make_noise
+from smoothcert.training.checkpoint import CheckpointFormat, check_run_settings, resume, save_checkpoint, write_log
 from smoothcert.training.objectives import METHODS, make_objective, resolve_params
 
 __all__ = ["EpochSeeds", "TrainConfig", "epoch_seeds", "evaluate", "train"]
@@ -89,23 +94,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.sigma != 0:  # sigma = 0 trains an undefended baseline (e.g. for DeepFool)
             check_sigma(self.sigma)
-        for name in ("epochs", "batch", "lr_step"):
-            check_int(name, getattr(self, name), 1)
-        check_int("workers", self.workers, 0)
-        check_int("seed", self.seed, 0)
-        if self.train_limit is not None:
-            check_int("train_limit", self.train_limit, 1)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        check_run_settings(self)
         get_spec(self.dataset)
         if self.noise not in NOISES:
-            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
+            raise ConfigError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
         if self.amp not in (None, "bf16"):
-            raise ValueError(f"amp must be 'bf16' or None, got {self.amp!r}")
+            raise ConfigError(f"amp must be 'bf16' or None, got {self.amp!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "macer" and self.noise != "gaussian":
-            raise ValueError(f"method 'macer' needs gaussian noise (its radius is Gaussian's), got {self.noise!r}")
+            raise ConfigError(f"method 'macer' needs gaussian noise (its radius is Gaussian's), got {self.noise!r}")
+        if self.method == "smoothadv" and self.noise != "gaussian":
+            warnings.warn(
+                f"method 'smoothadv' trains against an L2 attack, but {self.noise} noise certifies "
+                f"{'/'.join(n.capitalize() for n in supported_norms(self.noise))} radii: the attack does not "
+                "target the certified norm",
+                SmoothingWarning,
+                stacklevel=3,
+            )
         params = resolve_params(self.method, sigma=self.sigma, params=self.method_params)
         object.__setattr__(self, "method_params", params)
         make_objective(self.method, sigma=self.sigma, params=params)  # validates the values
@@ -144,8 +150,13 @@ def _progress(it: Iterable[Any], enabled: bool, **kw: Any) -> Any:
     return tqdm(it, **kw)
 
 
-_LOG_HEADER = "epoch\tlr\ttrain_loss\ttrain_acc\ttest_clean_acc\ttest_noisy_acc\ttime"
-_CKPT_KEY = "smoothcert_checkpoint"  # safetensors metadata key holding the checkpoint's JSON
+CHECKPOINT = CheckpointFormat(
+    key="smoothcert_checkpoint",
+    identity_field="config",
+    log_header="epoch\tlr\ttrain_loss\ttrain_acc\ttest_clean_acc\ttest_noisy_acc\ttime",
+    what="training run",
+    added_later=_ADDED_LATER,
+)
 
 
 @dataclass(frozen=True)
@@ -182,88 +193,6 @@ def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> EpochSeeds:
     return EpochSeeds(shuffle=draw(0, 0), augment=draw(1, rank), noise=draw(2, rank))
 
 
-def _write_log(out: Path, rows: list[str]) -> None:
-    """Replace ``train_log.tsv`` with the header and ``rows`` (atomically: tmp file, then rename)."""
-    tmp = out / "train_log.tsv.tmp"
-    tmp.write_text("\n".join([_LOG_HEADER, *rows]) + "\n")
-    commit_file(tmp, out / "train_log.tsv")
-
-
-def _save_checkpoint(
-    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig, log: list[str]
-) -> None:
-    """Write the checkpoint of ``epoch`` as one file, atomically, then the log derived from it.
-
-    ``checkpoint.safetensors`` holds the weights, the momentum buffers and, in its metadata, the
-    epoch, the run's identity and every log row so far. It replaces the previous one by a single
-    rename, the commit point; ``train_log.tsv`` is then rewritten from those rows, and on resume
-    again from the checkpoint, so a crash at any step leaves each epoch in the log exactly once.
-    """
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        buf = optimizer.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"optim.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
-    meta = {"epoch": epoch, "config": {k: getattr(config, k) for k in _IDENTITY}, "log": log}
-    tmp = out / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={_CKPT_KEY: json.dumps(meta)})
-    commit_file(tmp, out / "checkpoint.safetensors")
-    (out / "checkpoint.json").unlink(missing_ok=True)  # a legacy two-file checkpoint's, now stale
-    _write_log(out, log)
-
-
-def _read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """``(meta, tensors)`` of the checkpoint in ``out``, or None when there is none."""
-    from safetensors import safe_open
-
-    path = out / "checkpoint.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as fh:
-        stored = (fh.metadata() or {}).get(_CKPT_KEY)
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    if stored is not None:
-        return dict(json.loads(stored)), tensors
-    legacy = out / "checkpoint.json"  # written by smoothcert <= 0.1 next to the weights
-    if not legacy.exists():
-        raise ValueError(f"{path} is not a smoothcert training checkpoint (no {_CKPT_KEY!r} metadata)")
-    meta = dict(json.loads(legacy.read_text()))
-    rows: dict[int, str] = {}
-    log_path = out / "train_log.tsv"
-    if log_path.exists():
-        for line in log_path.read_text().splitlines()[1:]:
-            first = line.partition("\t")[0]  # epoch field of a legacy training-log row
-            if first.isdigit() and int(first) <= int(meta["epoch"]):
-                rows[int(first)] = line  # the last row of an epoch written twice wins
-    meta["log"] = [rows[e] for e in sorted(rows)]
-    return meta, tensors
-
-
-def _load_checkpoint(
-    out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> tuple[int, list[str]]:
-    """Restore the last finished epoch from ``out``; returns it (0 when there is none) and its log rows."""
-    found = _read_checkpoint(out)
-    if found is None:
-        return 0, []
-    meta, tensors = found
-    want = {k: getattr(config, k) for k in _IDENTITY}
-    old = {k: meta["config"].get(k, _ADDED_LATER.get(k)) for k in _IDENTITY}
-    diff = {k: (old[k], v) for k, v in want.items() if old[k] != v}
-    if diff:
-        details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
-        raise ValueError(f"{out} holds a training run with a different configuration ({details}); use another --out")
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(upgrade_legacy_keys(config.arch, state))
-    for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        key = f"optim.{i}.momentum_buffer"
-        if key in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
-    return int(meta["epoch"]), [str(r) for r in meta["log"]]
-
-
 def _saved_epochs(meta_path: Path) -> int | None:
     """The ``epochs`` recorded in a finished run's ``model.json``, or None when there is none."""
     try:
@@ -293,9 +222,16 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    start, log = _load_checkpoint(out, model, optimizer, config)
-    if start > config.epochs:
-        raise ValueError(f"{out} already holds {start} trained epochs, more than epochs={config.epochs}")
+    identity = {k: getattr(config, k) for k in _IDENTITY}
+    start, log = resume(
+        out,
+        CHECKPOINT,
+        model=model,
+        optimizer=optimizer,
+        identity=identity,
+        epochs=config.epochs,
+        upgrade=lambda state: upgrade_legacy_keys(config.arch, state),
+    )
     if config.channels_last and len(spec.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)  # speed only: same function, other kernels
     net: nn.Module = dist.wrap(model)
@@ -304,7 +240,7 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp == "bf16" else contextlib.nullcontext()
 
     if dist.is_main:
-        _write_log(out, log)  # the log is derived from the checkpoint: rows of unfinished epochs go
+        write_log(out, CHECKPOINT, log)  # the log is derived from the checkpoint: rows of unfinished epochs go
     clean_acc = noisy_acc = float("nan")
     for epoch in range(start + 1, config.epochs + 1):
         began = time.perf_counter()
@@ -351,11 +287,11 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **shown, acc=f"{correct / seen:.3f}")
         if dist.is_main:
             clean_acc, noisy_acc = evaluate(model, test_set, sigma=config.sigma, device=device, noise=config.noise)
-            log.append(
-                f"{epoch}\t{lr:.6g}\t{loss_sum / seen:.6f}\t{correct / seen:.6f}\t"
-                f"{clean_acc:.6f}\t{noisy_acc:.6f}\t{time.perf_counter() - began:.3f}"
+            fields = [f"{lr:.6g}", *(f"{v:.6f}" for v in (loss_sum / seen, correct / seen, clean_acc, noisy_acc))]
+            fields.append(f"{time.perf_counter() - began:.3f}")
+            save_checkpoint(
+                out, CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, identity=identity, log=log, row=fields
             )
-            _save_checkpoint(out, model, optimizer, epoch, config, log)
             if config.progress:
                 print(
                     f"epoch {epoch}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "

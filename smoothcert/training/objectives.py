@@ -12,6 +12,14 @@ run's noise sampler and the rank's own generator, so a resumed epoch draws the s
 * :class:`SmoothAdv`: Salman et al. (NeurIPS 2019), Sec. 3 (SmoothAdv_PGD, m_train noise draws):
   L2 PGD on ``-log((1/m) sum_i softmax(f(x' + eps_i))_y)``, the loss of the smoothed soft classifier
   estimated with m fixed draws, then CE on the adversarial point's m noisy copies (same draws).
+  *Image domain.* Sec. 3 states the attack over the L2 ball ``||x' - x||_2 <= epsilon`` only; the
+  authors' released PGD additionally clips ``x'`` to ``[0, 1]`` after every step, before projecting
+  onto the ball. smoothcert does the same (``clip=(0, 1)`` in :func:`smoothadv_attack`): the
+  adversarial points stay images, as every input of a smoothcert model is a ``[0, 1]`` pixel
+  array. The noise ``eps_i`` is added after the clip and is not clipped, as in certification.
+  *Threat norm.* The attack is L2, matching the L2 certificate of Gaussian noise; with Laplace or
+  uniform noise (L1, Linf certificates) it does not target the certified norm, and
+  :class:`~smoothcert.training.loop.TrainConfig` warns.
 * :class:`Macer`: Zhai et al. (ICLR 2020), Eq. (8)-(10) and Algorithm 1: ``-log`` of the average
   softmax of k noisy copies at the label, plus ``lambda (sigma / 2) max(gamma - xi, 0)`` on the
   examples whose ``beta``-tempered smoothed soft classifier is correct, with
@@ -23,7 +31,6 @@ out with the paper's default (per sigma where the paper has one).
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,13 +40,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.checks import check_int, check_nonnegative, check_positive, check_sigma
+from smoothcert.core.errors import ConfigError
 from smoothcert.runtime.devices import eval_mode
 from smoothcert.smoothing.noises import Noise
 
 __all__ = [
     "METHODS",
     "Consistency",
+    "Draws",
     "GaussianAugmentation",
     "Macer",
     "Objective",
@@ -68,25 +77,43 @@ def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
 
-def _copies(x: torch.Tensor, m: int, noise: Noise, generator: torch.Generator | None) -> torch.Tensor:
-    """``m`` noisy copies per example, shape (B, m, ...): one fill of a (B, m, ...) buffer from ``generator``."""
-    buf = torch.empty((x.shape[0], m, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    return noise.sample_(buf, generator)
-
-
 def _forward_copies(net: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     """Logits (B, m, K) of the noisy inputs ``z`` (B, m, ...), in one forward pass over B * m inputs."""
     b, m = z.shape[:2]
     return net(z.flatten(0, 1)).reshape(b, m, -1)
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The noise of one batch: the run's sampler (None when training without noise) and the rank's generator."""
+
+    noise: Noise | None
+    generator: torch.Generator | None
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw per example, shaped like ``x``."""
+        return self.sampler().sample_(torch.empty_like(x), self.generator)
+
+    def copies(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """``m`` draws per example, shape (B, m, ...): one fill of a (B, m, ...) buffer."""
+        buf = torch.empty((x.shape[0], m, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        return self.sampler().sample_(buf, self.generator)
+
+    def sampler(self) -> Noise:
+        if self.noise is None:
+            raise ConfigError("this method needs noise: sigma must be > 0")
+        return self.noise
+
+
 class Objective(ABC):
-    """A training objective: ``objective(net, x, y, noise=..., generator=..., epoch=...)``."""
+    """A training objective: ``objective(net, x, y, noise=..., generator=..., epoch=...)``.
+
+    Subclasses implement :meth:`loss`; the call wraps the noise sampler and generator in :class:`Draws`.
+    """
 
     name: ClassVar[str]
     needs_noise: ClassVar[bool] = True
 
-    @abstractmethod
     def __call__(
         self,
         net: nn.Module,
@@ -98,6 +125,13 @@ class Objective(ABC):
         epoch: int = 1,
     ) -> ObjectiveOutput:
         """The loss of batch ``(x, y)`` in (1-based) ``epoch``; ``net`` may be wrapped in DDP."""
+        if self.needs_noise and noise is None:
+            raise ConfigError(f"method {self.name!r} needs noise: sigma must be > 0")
+        return self.loss(net, x, y, Draws(noise, generator), epoch)
+
+    @abstractmethod
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: Draws, epoch: int) -> ObjectiveOutput:
+        """The batch's loss, scores and terms, with the noise from ``draws``."""
 
 
 @dataclass(frozen=True)
@@ -107,21 +141,12 @@ class GaussianAugmentation(Objective):
     name: ClassVar[str] = "gaussian"
     needs_noise: ClassVar[bool] = False
 
-    def __call__(
-        self,
-        net: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        noise: Noise | None,
-        generator: torch.Generator | None,
-        epoch: int = 1,
-    ) -> ObjectiveOutput:
-        if noise is not None:  # the same draws, in the same order, as smoothcert's training before objectives
-            x = x + noise.sample_(torch.empty_like(x), generator)
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: Draws, epoch: int) -> ObjectiveOutput:
+        if draws.noise is not None:  # the same draws, in the same order, as smoothcert's training before objectives
+            x = x + draws.like(x)
         logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        return ObjectiveOutput(loss, logits, {"ce": loss.detach()})
+        ce = F.cross_entropy(logits, y)
+        return ObjectiveOutput(ce, logits, {"ce": ce.detach()})
 
 
 @dataclass(frozen=True)
@@ -139,30 +164,20 @@ class Consistency(Objective):
 
     def __post_init__(self) -> None:
         check_int("m", self.m, 1)
-        _check_nonneg("lbd", self.lbd)
-        _check_nonneg("eta", self.eta)
+        check_nonnegative("lbd", self.lbd)
+        check_nonnegative("eta", self.eta)
 
-    def __call__(
-        self,
-        net: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        noise: Noise | None,
-        generator: torch.Generator | None,
-        epoch: int = 1,
-    ) -> ObjectiveOutput:
-        noise = _require(noise, self.name)
-        logits = _forward_copies(net, x.unsqueeze(1) + _copies(x, self.m, noise, generator))
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: Draws, epoch: int) -> ObjectiveOutput:
+        logits = _forward_copies(net, x.unsqueeze(1) + draws.copies(x, self.m))
         ce = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(self.m))
         log_p = F.log_softmax(logits, dim=-1)  # (B, m, K)
         p_bar = log_p.exp().mean(1)  # (B, K)
         # KL(p_bar || p_i) = sum_k p_bar (log p_bar - log p_i); xlogy gives 0 log 0 = 0
         kl = (torch.xlogy(p_bar, p_bar).unsqueeze(1) - p_bar.unsqueeze(1) * log_p).sum(-1).mean()
         entropy = -(p_bar * p_bar.clamp_min(1e-20).log()).sum(-1).mean()
-        loss = ce + self.lbd * kl + self.eta * entropy
+        total = ce + self.lbd * kl + self.eta * entropy
         terms = {"ce": ce.detach(), "kl": kl.detach(), "ent": entropy.detach()}
-        return ObjectiveOutput(loss, p_bar.detach(), terms)
+        return ObjectiveOutput(total, p_bar.detach(), terms)
 
 
 def _smoothed_soft_loss(
@@ -182,20 +197,24 @@ def smoothadv_attack(
     epsilon: float,
     steps: int,
     step_size: float | None = None,
+    clip: tuple[float, float] | None = (0.0, 1.0),
 ) -> torch.Tensor:
     """SmoothAdv's inner maximization: L2 PGD on the smoothed soft classifier's loss (Salman et al. 2019, Sec. 3).
 
     Maximizes ``-log((1/m) sum_i softmax(f(x + delta + eps_i))_y)`` over ``||delta||_2 <= epsilon``
-    with the m draws ``noise_draws`` (B, m, ...) held fixed: ``steps`` steps of size ``step_size``
-    (default ``2 epsilon / steps``) along the normalized gradient, each projected onto the ball,
-    from ``delta = 0``. Runs ``model`` in eval mode; returns ``x + delta`` (detached).
+    with ``x + delta`` in the image domain ``[lo, hi] = clip`` (default ``[0, 1]``), the m draws
+    ``noise_draws`` (B, m, ...) held fixed: ``steps`` steps of size ``step_size`` (default
+    ``2 epsilon / steps``) along the normalized gradient from ``delta = 0``; after each step
+    ``x + delta`` is clipped to ``[lo, hi]`` and ``delta`` then scaled onto the ball. Scaling keeps
+    the clipped point's property: ``x + c delta`` (``0 <= c <= 1``) lies between two points of the
+    box, so both constraints hold. ``clip=None`` drops the box. Runs ``model`` in eval mode;
+    returns ``x + delta`` (detached).
     """
-    if not epsilon >= 0 or not math.isfinite(epsilon):
-        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+    check_nonnegative("epsilon", epsilon)
     check_int("steps", steps, 0)
     if epsilon == 0 or steps == 0:
         return x.detach()
-    step = 2.0 * epsilon / steps if step_size is None else float(step_size)
+    step = 2.0 * epsilon / steps if step_size is None else check_positive("step_size", step_size)
     view = (-1, *[1] * (x.ndim - 1))
     x = x.detach()
     delta = torch.zeros_like(x)
@@ -206,6 +225,8 @@ def smoothadv_attack(
             (grad,) = torch.autograd.grad(loss, delta)
             unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
             delta = delta.detach() + step * unit
+            if clip is not None:
+                delta = (x + delta).clamp(clip[0], clip[1]) - x
             # projection onto the ball: delta * min(1, epsilon / ||delta||)
             delta = delta * (epsilon / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(view)
     return (x + delta).detach()
@@ -226,7 +247,7 @@ class SmoothAdv(Objective):
     name: ClassVar[str] = "smoothadv"
 
     def __post_init__(self) -> None:
-        _check_nonneg("epsilon", self.epsilon)
+        check_nonnegative("epsilon", self.epsilon)
         check_int("steps", self.steps, 1)
         check_int("m", self.m, 1)
         check_int("warmup", self.warmup, 0)
@@ -235,23 +256,13 @@ class SmoothAdv(Objective):
         """The attack radius in (1-based) ``epoch``."""
         return self.epsilon if self.warmup == 0 else self.epsilon * min(1.0, epoch / self.warmup)
 
-    def __call__(
-        self,
-        net: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        noise: Noise | None,
-        generator: torch.Generator | None,
-        epoch: int = 1,
-    ) -> ObjectiveOutput:
-        noise = _require(noise, self.name)
-        draws = _copies(x, self.m, noise, generator)
-        x_adv = smoothadv_attack(_unwrap(net), x, y, draws, epsilon=self.radius(epoch), steps=self.steps)
-        logits = _forward_copies(net, x_adv.unsqueeze(1) + draws)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(self.m))
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: Draws, epoch: int) -> ObjectiveOutput:
+        eps = draws.copies(x, self.m)
+        x_adv = smoothadv_attack(_unwrap(net), x, y, eps, epsilon=self.radius(epoch), steps=self.steps)
+        logits = _forward_copies(net, x_adv.unsqueeze(1) + eps)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(self.m))
         p_bar = F.softmax(logits.detach(), dim=-1).mean(1)
-        return ObjectiveOutput(loss, p_bar, {"ce": loss.detach(), "eps": torch.tensor(self.radius(epoch))})
+        return ObjectiveOutput(ce, p_bar, {"ce": ce.detach(), "eps": torch.tensor(self.radius(epoch))})
 
 
 @dataclass(frozen=True)
@@ -275,20 +286,10 @@ class Macer(Objective):
         check_sigma(self.sigma)
         check_int("k", self.k, 1)
         for name in ("lbd", "beta", "gamma"):
-            _check_nonneg(name, getattr(self, name))
+            check_nonnegative(name, getattr(self, name))
 
-    def __call__(
-        self,
-        net: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        noise: Noise | None,
-        generator: torch.Generator | None,
-        epoch: int = 1,
-    ) -> ObjectiveOutput:
-        noise = _require(noise, self.name)
-        logits = _forward_copies(net, x.unsqueeze(1) + _copies(x, self.k, noise, generator)).float()
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: Draws, epoch: int) -> ObjectiveOutput:
+        logits = _forward_copies(net, x.unsqueeze(1) + draws.copies(x, self.k)).float()
         p_bar = F.softmax(logits, dim=-1).mean(1)
         ce = -(p_bar.gather(1, y.view(-1, 1)).squeeze(1) + 1e-10).log().sum()
         q = F.softmax(self.beta * logits, dim=-1).mean(1)
@@ -300,20 +301,9 @@ class Macer(Objective):
         xi_kept = torch.special.ndtri(kept[:, 0]) - torch.special.ndtri(kept[:, 1])
         hinge = (self.gamma - xi_kept).sum() * self.sigma / 2
         b = x.shape[0]
-        loss = (ce + self.lbd * hinge) / b
+        total = (ce + self.lbd * hinge) / b
         terms = {"ce": (ce / b).detach(), "hinge": (hinge / b).detach()}
-        return ObjectiveOutput(loss, p_bar.detach(), terms)
-
-
-def _check_nonneg(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _require(noise: Noise | None, method: str) -> Noise:
-    if noise is None:
-        raise ValueError(f"method {method!r} needs noise: sigma must be > 0")
-    return noise
+        return ObjectiveOutput(total, p_bar.detach(), terms)
 
 
 METHODS: dict[str, type[Objective]] = {cls.name: cls for cls in (GaussianAugmentation, Consistency, SmoothAdv, Macer)}
@@ -329,7 +319,7 @@ def default_params(method: str, sigma: float) -> dict[str, Any]:
     lambda = 12 at sigma <= 0.5, else 4.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "consistency":
         return {"m": 2, "lbd": 20.0 if sigma <= 0.25 else 10.0, "eta": 0.5}
     if method == "smoothadv":
@@ -345,7 +335,7 @@ def resolve_params(method: str, *, sigma: float, params: Mapping[str, Any] | Non
     unknown = sorted(set(params or {}) - set(known))
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
-        raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {method!r} (allowed: {allowed})")
+        raise ConfigError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {method!r} (allowed: {allowed})")
     return {**known, **dict(params or {})}
 
 
@@ -354,7 +344,7 @@ def make_objective(method: str, *, sigma: float, params: Mapping[str, Any] | Non
     merged = resolve_params(method, sigma=sigma, params=params)
     cls = METHODS[method]
     if cls.needs_noise and not sigma > 0:
-        raise ValueError(f"method {method!r} needs sigma > 0, got {sigma!r}")
+        raise ConfigError(f"method {method!r} needs sigma > 0, got {sigma!r}")
     if cls is Macer:
         return Macer(sigma=sigma, **merged)
     return cls(**merged)
