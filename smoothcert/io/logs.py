@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ __all__ = [
     "CERTIFY_COLUMNS",
     "DEEPFOOL_COLUMNS",
     "PREDICT_COLUMNS",
+    "SCHEMAS",
     "ResultFileError",
     "ResultWriter",
+    "format_row",
     "merge_parts",
     "read_resumable",
     "read_rows",
@@ -42,6 +44,28 @@ ADAPTIVE_COLUMNS = (
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
 DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "certify": CERTIFY_COLUMNS,
+    "adaptive": ADAPTIVE_COLUMNS,
+    "predict": PREDICT_COLUMNS,
+    "attack": ATTACK_COLUMNS,
+    "deepfool": DEEPFOOL_COLUMNS,
+}
+
+
+def format_row(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One TSV line (with its newline) of ``row``, a mapping from column name to value, in the order of ``columns``.
+
+    The row must name exactly the schema's columns: a missing or extra name is a bug in the
+    caller (a ``ValueError``, deliberately not a :class:`~smoothcert.core.errors.SmoothcertError`),
+    never a silently shifted column. Values are written with ``str`` (a Python float's shortest
+    round-trip form), so callers format only what they want rounded (e.g. ``time``).
+    """
+    if len(row) != len(columns) or any(c not in row for c in columns):
+        missing = [c for c in columns if c not in row]
+        extra = [k for k in row if k not in columns]
+        raise ValueError(f"row does not match the log schema: missing {missing}, unexpected {extra}")
+    return "\t".join(str(row[c]) for c in columns) + "\n"
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -166,9 +190,10 @@ class ResultWriter:
             _write_sidecar(self.path, sidecar)
         self.done = {int(r[0]) for r in self.rows}
 
-    def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Append rows in one write and flush them, so a crash leaves at most one torn line."""
-        text = "".join("\t".join(str(v) for v in row) + "\n" for row in rows)
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows (each a mapping from column name to value, see :func:`format_row`) in one
+        write and flush them, so a crash leaves at most one torn line."""
+        text = "".join(format_row(row, self.columns) for row in rows)
         self._fh.write(text)
         self._fh.flush()
 
