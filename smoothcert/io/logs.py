@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,13 @@ __all__ = [
     "ATTACK_COLUMNS",
     "CERTIFY_COLUMNS",
     "DEEPFOOL_COLUMNS",
+    "LOCALIZATION_COLUMNS",
     "PREDICT_COLUMNS",
+    "SCHEMAS",
+    "SEGMENTATION_COLUMNS",
     "ResultFileError",
     "ResultWriter",
+    "format_row",
     "merge_parts",
     "read_resumable",
     "read_rows",
@@ -42,6 +46,43 @@ ADAPTIVE_COLUMNS = (
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
 DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
+# Dense tasks (smoothcert.runs.tasks): one row per image. Segmentation: fractions of all pixels;
+# tp, gt, pred, gt_certified are comma-separated per-class pixel counts (certified and correct,
+# true class, certified as the class, true class and certified). Localization: one row per image
+# at the log's radius; boxes (x0, y0, x1, y1) in [0, 1].
+SEGMENTATION_COLUMNS = (
+    *("idx", "certified_correct", "abstain", "radius", "tau", "n", "n0", "time"),
+    *("selected_correct", "pixels", "tp", "gt", "pred", "gt_certified"),
+)
+LOCALIZATION_COLUMNS = (
+    *("idx", "radius", "est_x0", "est_y0", "est_x1", "est_y1"),
+    *("lo_x0", "lo_y0", "lo_x1", "lo_y1", "hi_x0", "hi_y0", "hi_x1", "hi_y1"),
+    *("true_x0", "true_y0", "true_x1", "true_y1", "iou_clean", "iou_truth", "est_iou_truth", "n", "time"),
+)
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "certify": CERTIFY_COLUMNS,
+    "adaptive": ADAPTIVE_COLUMNS,
+    "predict": PREDICT_COLUMNS,
+    "attack": ATTACK_COLUMNS,
+    "deepfool": DEEPFOOL_COLUMNS,
+    "segmentation": SEGMENTATION_COLUMNS,
+    "localization": LOCALIZATION_COLUMNS,
+}
+
+
+def format_row(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One TSV line (with its newline) of ``row``, a mapping from column name to value, in the order of ``columns``.
+
+    The row must name exactly the schema's columns: a missing or extra name is a bug in the
+    caller (a ``ValueError``, deliberately not a :class:`~smoothcert.core.errors.SmoothcertError`),
+    never a silently shifted column. Values are written with ``str`` (a Python float's shortest
+    round-trip form), so callers format only what they want rounded (e.g. ``time``).
+    """
+    if len(row) != len(columns) or any(c not in row for c in columns):
+        missing = [c for c in columns if c not in row]
+        extra = [k for k in row if k not in columns]
+        raise ValueError(f"row does not match the log schema: missing {missing}, unexpected {extra}")
+    return "\t".join(str(row[c]) for c in columns) + "\n"
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -166,9 +207,10 @@ class ResultWriter:
             _write_sidecar(self.path, sidecar)
         self.done = {int(r[0]) for r in self.rows}
 
-    def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Append rows in one write and flush them, so a crash leaves at most one torn line."""
-        text = "".join("\t".join(str(v) for v in row) + "\n" for row in rows)
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows (each a mapping from column name to value, see :func:`format_row`) in one
+        write and flush them, so a crash leaves at most one torn line."""
+        text = "".join(format_row(row, self.columns) for row in rows)
         self._fh.write(text)
         self._fh.flush()
 
@@ -209,18 +251,3 @@ def merge_parts(
         if side.exists():
             side.unlink()
     return len(ordered)
-
-
-# Dense tasks (smoothcert.runs.tasks): one row per image. Segmentation: fractions of all pixels;
-# tp, gt, pred, gt_certified are comma-separated per-class pixel counts (certified and correct,
-# true class, certified as the class, true class and certified). Localization: one row per image
-# at the log's radius; boxes (x0, y0, x1, y1) in [0, 1].
-SEGMENTATION_COLUMNS = (
-    *("idx", "certified_correct", "abstain", "radius", "tau", "n", "n0", "time"),
-    *("selected_correct", "pixels", "tp", "gt", "pred", "gt_certified"),
-)
-LOCALIZATION_COLUMNS = (
-    *("idx", "radius", "est_x0", "est_y0", "est_x1", "est_y1"),
-    *("lo_x0", "lo_y0", "lo_x1", "lo_y1", "hi_x0", "hi_y0", "hi_x1", "hi_y1"),
-    *("true_x0", "true_y0", "true_x1", "true_y1", "iou_clean", "iou_truth", "est_iou_truth", "n", "time"),
-)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from smoothcert.core.errors import ConfigError
+
 __all__ = [
     "ARCHITECTURES",
     "Normalize",
@@ -88,7 +90,7 @@ class _CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6k + 2 for a CIFAR ResNet, got {depth}")
+            raise ConfigError(f"depth must be 6k + 2 for a CIFAR ResNet, got {depth}")
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -191,7 +193,7 @@ def build_model(
         import torchvision
 
         if arch not in torchvision.models.list_models(module=torchvision.models):
-            raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(_known_architectures())}")
+            raise ConfigError(f"unknown arch {arch!r}; choose one of: {', '.join(_known_architectures())}")
         net = _torchvision(arch)(num_classes, in_channels)
     return nn.Sequential(Normalize(mean, std), net)
 

@@ -5,6 +5,11 @@ the smoothed classifier with :func:`~smoothcert.evaluation.attacks.smoothed_pgd`
 absolute radii) and judge success with PREDICT at the perturbed point: the attack succeeds
 when PREDICT returns a class other than the label (an abstention is not a success).
 
+The attacked classifier is the one the log certified: noise, norm, sigma, data set, split and
+denoiser are rebuilt from the log's sidecar identity, and the sha256 of ``--model`` (and of
+the denoiser) must be the log's. The attack is L2 PGD under Gaussian noise, so a log of any
+other norm or noise is refused rather than attacked with the wrong threat model.
+
 DeepFool (paper Fig. 6, dashed): the minimal L2 adversarial norm of each test example against
 a base classifier, from which ``smoothcert analyze --empirical`` draws an empirical
 robust-accuracy curve.
@@ -14,90 +19,214 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from smoothcert.core.checks import check_alpha, check_int
+from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.core.errors import ConfigError
 from smoothcert.evaluation import analysis
 from smoothcert.evaluation.attacks import deepfool, smoothed_pgd
-from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
+from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, versions
 from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, read_rows
 from smoothcert.runs.certify import example_generator, select_indices
+from smoothcert.runs.config import SPLITS, as_config_error
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.smoothing.classifier import SmoothedClassifier
 
-__all__ = ["AttackConfig", "run_deepfool", "run_tightness", "summarize_attack"]
+__all__ = ["AttackConfig", "AttackTarget", "attack_target", "run_deepfool", "run_tightness", "summarize_attack"]
+
+# (noise, norm) pairs whose attack is implemented: smoothed_pgd is L2 PGD under Gaussian noise
+ATTACKABLE = {("gaussian", "l2")}
+
+
+def _opt(help: str, **more: Any) -> dict[str, Any]:
+    return {"help": help, **more}
 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    model: str
-    out: str
-    certify_log: str | None = None
-    multiples: tuple[float, ...] | None = None
-    radii: tuple[float, ...] | None = None
-    steps: int = 20
-    num_noise: int = 32
-    step_factor: float = 2.5
-    n: int = 1000
-    alpha: float = 0.001
-    batch: int = 1000
-    max: int | None = None
-    skip: int = 1
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    dataset: str | None = None
-    split: str = "test"
-    sigma: float | None = None
-    deepfool_steps: int = 50
-    overshoot: float = 0.02
-    overwrite: bool = False
+    """Settings of ``smoothcert attack``; each field's metadata is its command-line option."""
+
+    model: str = field(metadata=_opt("model directory of the certified classifier (its sha256 must be the log's)"))
+    out: str = field(metadata=_opt("result TSV (resumed if it exists)"))
+    certify_log: str | None = field(
+        default=None, metadata=_opt("certify log whose certified-correct examples are attacked")
+    )
+    multiples: tuple[float, ...] | None = field(
+        default=None, metadata=_opt("attack radii as multiples of each certified radius, e.g. 1.5,2")
+    )
+    radii: tuple[float, ...] | None = field(default=None, metadata=_opt("absolute attack radii"))
+    steps: int = field(default=20, metadata=_opt("PGD steps (default: 20)", min=1))
+    num_noise: int = field(default=32, metadata=_opt("noise draws per PGD step (default: 32)", min=1))
+    step_factor: float = field(default=2.5, metadata=_opt("PGD step = factor * radius / steps (default: 2.5)"))
+    n: int = field(default=1000, metadata=_opt("PREDICT samples judging success (default: 1000)", min=1))
+    alpha: float = field(default=0.001, metadata=_opt("failure probability of the judging PREDICT (default: 0.001)"))
+    batch: int = field(default=1000, metadata=_opt("forward-pass batch size (default: 1000)", min=1))
+    max: int | None = field(default=None, metadata=_opt("at most this many examples", min=1))
+    skip: int = field(default=1, metadata=_opt("DeepFool: every skip-th example", min=1))
+    seed: int = field(default=0, metadata=_opt("seed of the attack's and the judge's noise"))
+    device: str = field(default="auto", metadata=_opt("auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"))
+    data_dir: str | None = field(default=None, metadata=_opt("data directory (default: the data set's)"))
+    dataset: str | None = field(default=None, metadata=_opt("data set (default: the certify log's, else the model's)"))
+    split: str | None = field(
+        default=None, metadata=_opt("split (default: the certify log's, else test)", choices=SPLITS)
+    )
+    sigma: float | None = field(
+        default=None, metadata=_opt("smoothing sigma for a log without sidecar (default: the certify log's)")
+    )
+    denoiser: str | None = field(
+        default=None, metadata=_opt("denoiser directory (default: the certify log's; its sha256 must be the log's)")
+    )
+    deepfool_steps: int = field(default=50, metadata={"cli": False})
+    overshoot: float = field(default=0.02, metadata={"cli": False})
+    overwrite: bool = field(default=False, metadata=_opt("replace an existing result file instead of resuming it"))
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps, 0)
-        check_int("num_noise", self.num_noise)
-        check_int("n", self.n)
-        check_int("batch", self.batch)
-        check_alpha(self.alpha)
+        with as_config_error():
+            check_int("steps", self.steps, 0)
+            check_int("num_noise", self.num_noise)
+            check_int("n", self.n)
+            check_int("batch", self.batch)
+            check_int("skip", self.skip)
+            check_int("seed", self.seed, 0)
+            if self.max is not None:
+                check_int("max", self.max)
+            check_alpha(self.alpha)
+            if self.sigma is not None:
+                check_sigma(self.sigma)
+        if self.split is not None and self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         for name in ("multiples", "radii"):
             vals = getattr(self, name)
             if vals is not None and (len(vals) == 0 or any(not v > 0 for v in vals)):
-                raise ValueError(f"{name} must be positive numbers, got {vals}")
+                raise ConfigError(f"{name} must be positive numbers, got {vals}")
+
+
+@dataclass(frozen=True)
+class AttackTarget:
+    """The smoothed classifier a certify log certified, rebuilt from its sidecar and checked."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    noise: str
+    norm: str
+    sigma: float
+    dataset: str
+    split: str
+    model_sha256: str
+    denoiser_sha256: str | None
+
+
+def _short(sha: str) -> str:
+    return sha[:12]
+
+
+def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None, device: torch.device) -> AttackTarget:
+    """Rebuild the certified classifier (noise, norm, sigma, data, denoiser, model) from a log's sidecar.
+
+    Refuses (:class:`ConfigError`) a ``--model`` or denoiser whose sha256 is not the log's, a
+    ``--sigma``, ``--dataset`` or ``--split`` that contradicts the log, and a (noise, norm) pair
+    outside :data:`ATTACKABLE`. A log without sidecar (e.g. the 2019 reference's) is taken as
+    Gaussian L2 with the user's or the model's settings, and a warning says nothing was checked.
+    """
+    identity: dict[str, Any] = dict((log_sidecar or {}).get("identity", {}))
+    logged_config: dict[str, Any] = dict((log_sidecar or {}).get("config", {}))
+    if log_sidecar is None:
+        warnings.warn(
+            f"certify log {config.certify_log!r} has no sidecar: the model, noise and norm it certified cannot "
+            "be checked; attacking --model under Gaussian L2 smoothing",
+            UserWarning,
+            stacklevel=3,
+        )
+    noise = str(identity.get("noise", "gaussian"))
+    norm = str(identity.get("norm", "l2"))
+    if (noise, norm) not in ATTACKABLE:
+        raise ConfigError(
+            f"certify log {config.certify_log!r} certifies {norm} radii under {noise} noise; the attack is L2 PGD "
+            "under Gaussian noise only, so it would not attack the classifier the log certified"
+        )
+    model_sha = checkpoint_sha256(config.model)
+    if "model_sha256" in identity and identity["model_sha256"] != model_sha:
+        raise ConfigError(
+            f"--model {config.model!r} (sha256 {_short(model_sha)}) is not the model certify log "
+            f"{config.certify_log!r} certified (sha256 {_short(str(identity['model_sha256']))})"
+        )
+    for name in ("sigma", "dataset", "split"):
+        given, logged = getattr(config, name), identity.get(name)
+        if given is not None and logged is not None and given != logged:
+            raise ConfigError(f"--{name} {given!r} contradicts the certify log's {name} {logged!r}")
+    model, meta = load_model(config.model, device=device)
+    denoiser_path = config.denoiser or logged_config.get("denoiser")
+    logged_denoiser = identity.get("denoiser_sha256")
+    denoiser_sha: str | None = None
+    if log_sidecar is not None and (logged_denoiser is None) != (denoiser_path is None):
+        raise ConfigError(
+            f"certify log {config.certify_log!r} was certified "
+            + ("with a denoiser" if logged_denoiser else "without a denoiser")
+            + (", but none was found (pass --denoiser)" if logged_denoiser else ", but --denoiser was given")
+        )
+    if denoiser_path is not None:
+        from smoothcert.models.denoisers import compose
+
+        denoiser_sha = checkpoint_sha256(denoiser_path)
+        if logged_denoiser is not None and denoiser_sha != logged_denoiser:
+            raise ConfigError(
+                f"denoiser {str(denoiser_path)!r} (sha256 {_short(denoiser_sha)}) is not the one certify log "
+                f"{config.certify_log!r} used (sha256 {_short(str(logged_denoiser))})"
+            )
+        denoiser, _ = load_denoiser(denoiser_path, device=device)
+        model = compose(denoiser, model).eval()
+    sigma = float(identity.get("sigma") or config.sigma or meta["sigma"])
+    with as_config_error():
+        check_sigma(sigma)
+    return AttackTarget(
+        model=model,
+        meta=meta,
+        noise=noise,
+        norm=norm,
+        sigma=sigma,
+        dataset=str(identity.get("dataset") or config.dataset or meta["dataset"]),
+        split=str(identity.get("split") or config.split or "test"),
+        model_sha256=model_sha,
+        denoiser_sha256=denoiser_sha,
+    )
 
 
 def run_tightness(config: AttackConfig) -> dict[str, Any]:
-    """Attack every certified-correct example of ``config.certify_log``; returns the success summary."""
+    """Attack every certified-correct example of ``config.certify_log``; returns the success summary.
+
+    Everything is checked (:func:`attack_target`) before the attack log is opened.
+    """
     if config.certify_log is None:
-        raise ValueError("the tightness attack needs --certify-log (a certify log of this model)")
+        raise ConfigError("the tightness attack needs --certify-log (a certify log of this model)")
     if (config.multiples is None) == (config.radii is None):
-        raise ValueError("give exactly one of --multiples and --radii")
-    device = resolve_device(config.device)
-    model, meta = load_model(config.model, device=device)
-    log = analysis.read_certify_log(config.certify_log)
-    side = log.sidecar or {}
-    identity = side.get("identity", {})
-    sigma = config.sigma or identity.get("sigma") or meta["sigma"]
-    dataset = load_dataset(
-        config.dataset or identity.get("dataset") or meta["dataset"],
-        identity.get("split", config.split),
-        config.data_dir,
-    )
+        raise ConfigError("give exactly one of --multiples and --radii")
+    with as_config_error():
+        device = resolve_device(config.device)
+        log = analysis.read_certify_log(config.certify_log)
+        target = attack_target(config, log.sidecar, device)
+        dataset = load_dataset(target.dataset, target.split, config.data_dir)
+    model, meta, sigma = target.model, target.meta, target.sigma
     targets = [(int(i), float(r)) for i, r, ok in zip(log.idx, log.radius, log.correct, strict=True) if ok and r > 0]
     if config.max is not None:
         targets = targets[: config.max]
-    smoothed = SmoothedClassifier(model, int(meta["num_classes"]), float(sigma), device=device)
+    smoothed = SmoothedClassifier(
+        model, int(meta["num_classes"]), sigma, device=device, noise=target.noise, norm=target.norm
+    )
     sidecar = {
         "identity": {
             "command": "attack",
-            "model_sha256": checkpoint_sha256(config.model),
+            "model_sha256": target.model_sha256,
+            **({"denoiser_sha256": target.denoiser_sha256} if target.denoiser_sha256 else {}),
             "certify_log": str(Path(config.certify_log).resolve()),
-            "sigma": float(sigma),
+            "sigma": sigma,
             "multiples": config.multiples,
             "radii": config.radii,
             "steps": config.steps,
@@ -126,7 +255,7 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
                 model,
                 xs,
                 torch.full((k,), int(y)),
-                sigma=float(sigma),
+                sigma=sigma,
                 epsilon=eps_t,
                 steps=config.steps,
                 step_size=config.step_factor * eps_t / max(config.steps, 1),
@@ -138,23 +267,19 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
                 adv, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=judge
             )
             norms = (adv - xs).flatten(1).norm(dim=1).tolist()
-            rows = []
-            for j in range(k):
-                success = int(preds[j].label not in (int(y), -1))
-                multiple = eps[j] / radius
-                rows.append(
-                    [
-                        idx,
-                        int(y),
-                        repr(radius),
-                        repr(eps[j]),
-                        repr(norms[j]),
-                        preds[j].label,
-                        success,
-                        f"{multiple:.6g}",
-                    ]
-                )
-            writer.write(rows)
+            writer.write(
+                {
+                    "idx": idx,
+                    "label": int(y),
+                    "radius": repr(radius),
+                    "attack_radius": repr(eps[j]),
+                    "delta_norm": repr(norms[j]),
+                    "predict": preds[j].label,
+                    "success": int(preds[j].label not in (int(y), -1)),
+                    "multiple": f"{eps[j] / radius:.6g}",
+                }
+                for j in range(k)
+            )
     summary = summarize_attack(Path(config.out), by="multiple" if config.multiples else "attack_radius")
     Path(str(config.out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -165,7 +290,7 @@ def summarize_attack(path: str | Path, *, by: str) -> dict[str, Any]:
     multiple of the certified radius asked for (``--multiples``), ``by="attack_radius"`` by the
     absolute radius asked for (``--radii``)."""
     if by not in ("multiple", "attack_radius"):
-        raise ValueError(f"by must be 'multiple' or 'attack_radius', got {by!r}")
+        raise ConfigError(f"by must be 'multiple' or 'attack_radius', got {by!r}")
     rows = read_rows(path, ATTACK_COLUMNS)
     j = ATTACK_COLUMNS.index(by)
     groups: dict[float, list[int]] = {}
@@ -182,16 +307,17 @@ def summarize_attack(path: str | Path, *, by: str) -> dict[str, Any]:
 
 def run_deepfool(config: AttackConfig) -> dict[str, Any]:
     """DeepFool's minimal L2 norm for every selected example of a split, against the base classifier."""
-    device = resolve_device(config.device)
-    model, meta = load_model(config.model, device=device)
-    dataset: Any = load_dataset(config.dataset or meta["dataset"], config.split, config.data_dir)
+    with as_config_error():
+        device = resolve_device(config.device)
+        model, meta = load_model(config.model, device=device)
+        dataset: Any = load_dataset(config.dataset or meta["dataset"], config.split or "test", config.data_dir)
     indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)
     sidecar = {
         "identity": {
             "command": "deepfool",
             "model_sha256": checkpoint_sha256(config.model),
             "dataset": config.dataset or meta["dataset"],
-            "split": config.split,
+            "split": config.split or "test",
             "steps": config.deepfool_steps,
             "overshoot": config.overshoot,
         },
@@ -210,15 +336,21 @@ def run_deepfool(config: AttackConfig) -> dict[str, Any]:
                 pred = model(xs).argmax(1)
             _, norms, ok = deepfool(model, xs, ys, steps=config.deepfool_steps, overshoot=config.overshoot)
             writer.write(
-                [
-                    [i, int(ys[j]), int(pred[j]), int(pred[j] == ys[j]), repr(float(norms[j])), int(ok[j])]
-                    for j, i in enumerate(chunk)
-                ]
+                {
+                    "idx": i,
+                    "label": int(ys[j]),
+                    "predict": int(pred[j]),
+                    "correct": int(pred[j] == ys[j]),
+                    "deepfool_norm": repr(float(norms[j])),
+                    "success": int(ok[j]),
+                }
+                for j, i in enumerate(chunk)
             )
     rows = read_rows(config.out, DEEPFOOL_COLUMNS)
-    norms_all = np.array([float(r[4]) for r in rows])
+    col = {name: k for k, name in enumerate(DEEPFOOL_COLUMNS)}
+    norms_all = np.array([float(r[col["deepfool_norm"]]) for r in rows])
     return {
         "examples": len(rows),
-        "clean_accuracy": float(np.mean([r[3] == "1" for r in rows])),
+        "clean_accuracy": float(np.mean([r[col["correct"]] == "1" for r in rows])),
         "median_norm_correct": float(np.median(norms_all[norms_all > 0])) if np.any(norms_all > 0) else 0.0,
     }

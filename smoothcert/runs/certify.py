@@ -1,23 +1,33 @@
 """CERTIFY (fixed-n or sequential) and PREDICT over a data set split, with resumable logs and torchrun sharding.
 
-Each example's noise comes from its own generator, seeded from ``(seed, idx)``, so a row
-depends only on the seed, the example's index and the settings: a run can be interrupted and
-resumed, or sharded over processes, without changing any row.
+Each example's noise comes from its own generator, seeded from ``(seed, idx)``, so the noise an
+example sees depends only on the seed, the example's index and the settings: a run can be
+interrupted and resumed, or sharded over processes, and every example still sees the same noise.
+What the base classifier computes from that noise may differ in its last bits with the memory
+layout (channels-last or not) and the forward-pass size: logits differ by about 1e-7 between
+NCHW and NHWC, or between batches of 512 and 100, on CPU. A vote on a near-tie can therefore
+flip, and so can a row. Both settings are recorded in the sidecar (``layout``), not in the
+log's identity: a run resumed with another layout is accepted, as the noise is unchanged.
+
+:func:`prepare` validates the whole configuration (settings, the sequential schedule, the
+radius's reachability, the model against the data and the denoiser) before :func:`run` opens
+any file, so a refused configuration leaves no log and no sidecar behind.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from smoothcert.core.checks import check_alpha, check_int, check_sigma
-from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
+from smoothcert.core.errors import ConfigError
+from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, versions
 from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import (
     ADAPTIVE_COLUMNS,
@@ -28,14 +38,24 @@ from smoothcert.io.logs import (
     read_resumable,
     sidecar_path,
 )
+from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.perf import cpu_supports_bf16
 from smoothcert.smoothing.classifier import SmoothedClassifier
+from smoothcert.smoothing.noises import make_noise
 
-__all__ = ["RunConfig", "example_generator", "run", "select_indices"]
-
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = [
+    "AMP",
+    "SPLITS",
+    "PreparedRun",
+    "RunConfig",
+    "as_config_error",
+    "example_generator",
+    "prepare",
+    "run",
+    "select_indices",
+]
 
 
 def select_indices(size: int, *, skip: int, max_examples: int | None) -> list[int]:
@@ -49,115 +69,132 @@ def example_generator(seed: int, idx: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Settings of ``smoothcert certify`` / ``smoothcert predict``."""
-
-    command: Literal["certify", "predict"]
-    model: str
-    out: str
-    dataset: str | None = None
-    data_dir: str | None = None
-    split: str = "test"
-    sigma: float | None = None
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
-    batch: int = 1000
-    skip: int = 1
-    max: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: str | None = None
-    channels_last: bool = True
-    compile: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    pass_size: int | None = None  # None: measured (perf.choose_pass_size), at most batch
-    noise: str | None = None  # None: the model's training noise
-    norm: str = "l2"
-    adaptive: bool = False  # sequential certification (max-radius mode unless radius is given)
-    radius: float | None = None  # decision mode: is g robust at this radius?
-    n_max: int | None = None  # sequential: largest estimation sample (default: n)
-    beta: float | None = None  # sequential: futility level (default: alpha)
-    radius_cap: float | None = None
-    radius_tol: float | None = None
-    eval_label: bool = False  # sequential: bound the true label's probability, no selection
-    denoiser: str | None = None  # denoised smoothing: certify model(denoiser(.)) (Salman et al. 2020)
-
-    def __post_init__(self) -> None:
-        check_int("n0", self.n0)
-        check_int("n", self.n)
-        check_int("batch", self.batch)
-        check_int("skip", self.skip)
-        check_int("seed", self.seed, 0)
-        check_alpha(self.alpha)
-        if self.max is not None:
-            check_int("max", self.max)
-        if self.sigma is not None:
-            check_sigma(self.sigma)
-        if self.amp is not None and self.amp not in AMP:
-            raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
-        if self.pass_size is not None:
-            check_int("pass_size", self.pass_size)
-        if self.n_max is not None:
-            check_int("n_max", self.n_max)
-        given = {
-            "radius": self.radius is not None,
-            "radius_cap": self.radius_cap is not None,
-            "radius_tol": self.radius_tol is not None,
-            "n_max": self.n_max is not None,
-            "beta": self.beta is not None,
-            "eval_label": self.eval_label,
-        }
-        if not self.adaptive and any(given.values()):
-            names = ", ".join(k for k, v in given.items() if v)
-            raise ValueError(f"{names} only apply to sequential certification: add adaptive=True (--adaptive)")
-        if self.radius is not None and (self.radius_cap is not None or self.radius_tol is not None):
-            raise ValueError("radius (decision mode) cannot be combined with radius_cap or radius_tol (max-radius)")
-        if self.adaptive and self.command != "certify":
-            raise ValueError("adaptive applies to certify only")
-
-
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="ex", disable=not enabled or None, dynamic_ncols=True, smoothing=0.1)
 
 
-def run(config: RunConfig, dist: DistContext | None = None) -> Path:
-    """Certify or predict the selected examples of a split; returns the path of the complete log."""
+@dataclass(frozen=True)
+class PreparedRun:
+    """A validated run: everything :func:`run` needs, built before any file is opened."""
+
+    config: RunConfig
+    device: torch.device
+    dataset: Any
+    indices: list[int]
+    smoothed: SmoothedClassifier
+    sigma: float
+    identity: dict[str, Any]
+    sidecar: dict[str, Any]
+    columns: tuple[str, ...]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _noise_and_sigma(
+    config: RunConfig, meta: dict[str, Any], denoiser_meta: dict[str, Any] | None
+) -> tuple[str, float]:
+    """The noise and sigma to smooth with: the user's, else the denoiser's, else the model's; warnings on mismatch."""
+    trained_noise = str(meta.get("noise", "gaussian"))
+    if denoiser_meta is not None:  # the base classifier is model(denoiser(z)): the denoiser sets the defaults
+        d_noise, d_sigma = str(denoiser_meta.get("noise", "gaussian")), float(denoiser_meta["sigma"])
+        noise = config.noise or d_noise
+        if noise != d_noise:
+            _warn(f"smoothing with {noise} noise a denoiser trained to remove {d_noise} noise")
+        if config.sigma is not None and config.sigma != d_sigma:
+            _warn(f"smoothing at sigma={config.sigma:g} with a denoiser trained at sigma={d_sigma:g}")
+        default_sigma = d_sigma
+    else:
+        noise = config.noise or trained_noise
+        if noise != trained_noise:
+            _warn(f"certifying with {noise} noise a model trained with {trained_noise} noise")
+        default_sigma = float(meta["sigma"])
+    if config.sigma is not None:
+        return noise, config.sigma
+    if not default_sigma > 0:
+        raise ConfigError(
+            f"model {config.model!r} was trained without noise (sigma={default_sigma:g}): "
+            "pass --sigma or --denoiser (Python: sigma=..., denoiser=...)"
+        )
+    return noise, default_sigma
+
+
+def prepare(config: RunConfig, dist: DistContext | None = None) -> PreparedRun:
+    """Validate the whole configuration and build the smoothed classifier; opens no file for writing.
+
+    Refuses with a :class:`ConfigError` (or a :class:`~smoothcert.core.errors.CheckpointError`,
+    or an ``OSError`` for missing files): an amp the device lacks, a model trained without
+    noise and no sigma, a noise that does not certify the norm, a denoiser that does not fit
+    the classifier, a split whose inputs are not the model's input shape, an empty selection,
+    and a decision radius the noise cannot reach at any pA for this input dimension. Warns when
+    the data set, noise or sigma differ from the model's or the denoiser's.
+    """
     dist = dist or DistContext.single()
+    with as_config_error():
+        return _prepare(config, dist)
+
+
+def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     device = dist.device if dist.world_size > 1 else resolve_device(config.device)
     if config.amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp 'fp16' needs a CUDA device, got {device.type!r}")
+        raise ConfigError(f"amp 'fp16' needs a CUDA device, got {device.type!r}")
     if config.amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
-        raise ValueError("amp 'bf16' on CPU needs native bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks")
+        raise ConfigError("amp 'bf16' on CPU needs native bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks")
     model, meta = load_model(config.model, device=device)
     denoiser_meta: dict[str, Any] | None = None
     if config.denoiser is not None:  # denoised smoothing: the base classifier is model(denoiser(z))
         from smoothcert.models.denoisers import compose
-        from smoothcert.training.denoiser import check_compatible, load_denoiser
+        from smoothcert.training.denoiser import check_compatible
 
         denoiser, denoiser_meta = load_denoiser(config.denoiser, device=device)
         check_compatible(denoiser_meta, meta)
         model = compose(denoiser, model).eval()
-    dataset_name = config.dataset or meta["dataset"]
-    default_sigma = float((denoiser_meta or meta)["sigma"])  # a denoiser's sigma is the one it was trained for
-    sigma = config.sigma if config.sigma is not None else default_sigma
-    trained_noise = str(meta.get("noise", "gaussian"))
-    noise = config.noise or trained_noise
-    if noise != trained_noise:
-        warnings.warn(
-            f"certifying with {noise} noise a model trained with {trained_noise} noise", UserWarning, stacklevel=2
+    noise, sigma = _noise_and_sigma(config, meta, denoiser_meta)
+    noise_obj = make_noise(noise, sigma)
+    noise_obj.check_norm(config.norm)
+    dataset_name = config.dataset or str(meta["dataset"])
+    if dataset_name != meta["dataset"]:
+        _warn(f"the model was trained on {meta['dataset']!r} but the data set is {dataset_name!r}")
+    if denoiser_meta is not None and denoiser_meta.get("dataset", dataset_name) != dataset_name:
+        _warn(f"the denoiser was trained on {denoiser_meta['dataset']!r} but the data set is {dataset_name!r}")
+    dataset: Any = load_dataset(dataset_name, config.split, config.data_dir)
+    indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)
+    if not indices:
+        raise ConfigError(f"{dataset_name} {config.split} has no examples to {config.command}")
+    input_shape = tuple(int(v) for v in meta["input_shape"])
+    data_shape = tuple(int(v) for v in dataset[indices[0]][0].shape)
+    if data_shape != input_shape:
+        raise ConfigError(
+            f"the model takes inputs of shape {list(input_shape)} but {dataset_name} {config.split} "
+            f"has inputs of shape {list(data_shape)}"
         )
-    dataset = load_dataset(dataset_name, config.split, config.data_dir)
+    n_max = (config.n_max or config.n) if config.adaptive else config.n
+    if config.adaptive and config.radius is not None:
+        p_star = float(noise_obj.threshold(config.radius, norm=config.norm, dim=math.prod(input_shape)))
+        if not p_star < 1:
+            raise ConfigError(
+                f"radius={config.radius!r} cannot be certified in {config.norm} with {noise} noise at "
+                f"sigma={sigma:g} for inputs of dimension {math.prod(input_shape)} at any pA"
+            )
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward: Any = torch.compile(model) if config.compile else model
-
-    indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)  # type: ignore[arg-type]
-    identity = {
+    smoothed = SmoothedClassifier(
+        forward,
+        int(meta["num_classes"]),
+        sigma,
+        device=device,
+        input_shape=input_shape,
+        autocast_dtype=AMP[config.amp] if config.amp else None,
+        channels_last=config.channels_last,
+        pass_size=config.pass_size or "auto",
+        noise=noise_obj,
+        norm=config.norm,
+    )
+    identity: dict[str, Any] = {
         "command": config.command,
         "model_sha256": checkpoint_sha256(config.model),
         **({"denoiser_sha256": checkpoint_sha256(config.denoiser)} if config.denoiser is not None else {}),
@@ -171,14 +208,14 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "amp": config.amp,
         "compile": config.compile,
     }
-    # noise stream and layout: the noise is drawn in a layout-independent way, so channels-last
-    # and the pass size change speed only and are not part of the identity
+    # The noise is drawn in a layout-independent way, so channels-last and the pass size leave
+    # every example's noise unchanged; they may change the base classifier's last bits (and so a
+    # near-tie vote). They are recorded in the sidecar's "layout", not in the identity.
     if noise != "gaussian" or config.norm != "l2":  # absent from Gaussian L2 identities, as before
         identity["noise"] = noise
         identity["norm"] = config.norm
     if config.command == "certify":
         identity["n0"] = config.n0
-    n_max = (config.n_max or config.n) if config.adaptive else config.n
     if config.adaptive:
         identity.update(
             adaptive=True,
@@ -200,6 +237,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         "config": asdict(config),
         "model": meta,
         **({"denoiser": denoiser_meta} if denoiser_meta is not None else {}),
+        "layout": {"channels_last": config.channels_last, "pass_size": config.pass_size or "auto"},
         "versions": versions(),
         "world_size": dist.world_size,
         "torch_threads": torch.get_num_threads(),
@@ -208,6 +246,17 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     columns = (
         (ADAPTIVE_COLUMNS if config.adaptive else CERTIFY_COLUMNS) if config.command == "certify" else PREDICT_COLUMNS
     )
+    return PreparedRun(config, device, dataset, indices, smoothed, sigma, identity, sidecar, columns)
+
+
+def run(config: RunConfig, dist: DistContext | None = None) -> Path:
+    """Certify or predict the selected examples of a split; returns the path of the complete log.
+
+    The whole configuration is validated first (:func:`prepare`): a refused one writes nothing.
+    """
+    dist = dist or DistContext.single()
+    plan = prepare(config, dist)
+    indices, columns, identity, sidecar = plan.indices, plan.columns, plan.identity, plan.sidecar
     out = Path(config.out)
     if dist.world_size > 1:
         part = out.with_name(f"{out.name}.part{dist.rank}-of-{dist.world_size}")
@@ -221,18 +270,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     else:
         mine, target = indices, out
 
-    smoothed = SmoothedClassifier(
-        forward,
-        int(meta["num_classes"]),
-        sigma,
-        device=device,
-        input_shape=tuple(meta["input_shape"]),
-        autocast_dtype=AMP[config.amp] if config.amp else None,
-        channels_last=config.channels_last,
-        pass_size=config.pass_size or "auto",
-        noise=noise,
-        norm=config.norm,
-    )
+    n_max = (config.n_max or config.n) if config.adaptive else config.n
+    largest = max(n_max, config.n0) if config.command == "certify" else config.n
     with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
         todo = [i for i in mine if i not in writer.done]
         # Several examples share a forward pass only when each one's draws fit in a batch; otherwise
@@ -249,7 +288,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         for idx in todo:
             chunk.append(idx)
             if position[idx] % per_pass == per_pass - 1 or idx == todo[-1]:
-                writer.write(_process(smoothed, dataset, chunk, config, sigma, device))
+                writer.write(_process(plan, chunk))
                 bar.update(len(chunk))
                 chunk = []
         bar.close()
@@ -262,15 +301,15 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     return out
 
 
-def _process(
-    smoothed: SmoothedClassifier, dataset: Any, chunk: list[int], config: RunConfig, sigma: float, device: torch.device
-) -> list[list[Any]]:
-    items = [dataset[i] for i in chunk]
+def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
+    """The log rows (column name -> value) of the examples ``chunk``, certified or predicted together."""
+    config, smoothed, device = plan.config, plan.smoothed, plan.device
+    items = [plan.dataset[i] for i in chunk]
     xs = torch.stack([x for x, _ in items])
     labels = [int(y) for _, y in items]
     gens = [example_generator(config.seed, i, device) for i in chunk]
     began = time.perf_counter()
-    rows: list[list[Any]] = []
+    rows: list[dict[str, Any]] = []
     if config.adaptive:
         acerts = smoothed.certify_adaptive_batch(
             xs,
@@ -285,40 +324,37 @@ def _process(
             labels=labels if config.eval_label else None,
             generator=gens,
         )
-        elapsed = (time.perf_counter() - began) / len(chunk)
+        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
         for i, y, a in zip(chunk, labels, acerts, strict=True):
             rows.append(
-                [
-                    *(i, y, a.label, repr(a.radius), int(a.label == y), f"{elapsed:.6f}"),
-                    *(a.n_used, a.decision, a.stage, repr(a.p_upper), a.count, a.n, a.n0, repr(a.p_lower), a.selected),
-                ]
+                {
+                    **{"idx": i, "label": y, "predict": a.label, "radius": repr(a.radius)},
+                    **{"correct": int(a.label == y), "time": elapsed, "n_used": a.n_used, "decision": a.decision},
+                    **{"stage": a.stage, "p_upper": repr(a.p_upper), "count": a.count, "n": a.n, "n0": a.n0},
+                    **{"p_lower": repr(a.p_lower), "selected": a.selected},
+                }
             )
     elif config.command == "certify":
         certs = smoothed.certify_batch(
             xs, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens
         )
-        elapsed = (time.perf_counter() - began) / len(chunk)
+        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
         for i, y, c in zip(chunk, labels, certs, strict=True):
             rows.append(
-                [
-                    i,
-                    y,
-                    c.label,
-                    repr(c.radius),
-                    int(c.label == y),
-                    f"{elapsed:.6f}",
-                    c.count,
-                    c.n,
-                    c.n0,
-                    repr(c.p_lower),
-                    c.selected,
-                ]
+                {
+                    **{"idx": i, "label": y, "predict": c.label, "radius": repr(c.radius)},
+                    **{"correct": int(c.label == y), "time": elapsed, "count": c.count, "n": c.n, "n0": c.n0},
+                    **{"p_lower": repr(c.p_lower), "selected": c.selected},
+                }
             )
     else:
         preds = smoothed.predict_batch(xs, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens)
-        elapsed = (time.perf_counter() - began) / len(chunk)
+        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
         for i, y, p in zip(chunk, labels, preds, strict=True):
             rows.append(
-                [i, y, p.label, int(p.label == y), f"{elapsed:.6f}", p.count, p.runner_up_count, p.n, repr(p.pvalue)]
+                {
+                    **{"idx": i, "label": y, "predict": p.label, "correct": int(p.label == y), "time": elapsed},
+                    **{"count": p.count, "runner_up_count": p.runner_up_count, "n": p.n, "pvalue": repr(p.pvalue)},
+                }
             )
     return rows

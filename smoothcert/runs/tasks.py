@@ -32,6 +32,8 @@ from smoothcert.runtime.devices import resolve_device
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
+BOX_KEYS = ("x0", "y0", "x1", "y1")
+
 __all__ = ["TaskRunConfig", "run_task", "segmentation_row", "task_log_paths"]
 
 
@@ -101,25 +103,25 @@ def _counts(values: np.ndarray, num: int) -> str:
 
 def segmentation_row(
     idx: int, labels: np.ndarray, selected: np.ndarray, mask: np.ndarray, *, num_classes: int
-) -> list[Any]:
-    """The metric fields of a segmentation row (``time`` and settings filled in by the caller).
+) -> dict[str, Any]:
+    """The metric fields of a segmentation row by column name (``time`` and settings filled in by the caller).
 
     ``labels`` and ``selected`` are at full resolution, like ``mask``; returns
-    ``[idx, certified_correct, abstain, selected_correct, pixels, tp, gt, pred, gt_certified]``.
+    ``idx, certified_correct, abstain, selected_correct, pixels, tp, gt, pred, gt_certified``.
     """
     certified = labels >= 0
     correct = certified & (labels == mask)
-    return [
-        idx,
-        repr(float(correct.mean())),
-        repr(float(1.0 - certified.mean())),
-        repr(float((selected == mask).mean())),
-        int(mask.size),
-        _counts(mask[correct], num_classes),
-        _counts(mask, num_classes),
-        _counts(labels[certified], num_classes),
-        _counts(mask[certified], num_classes),
-    ]
+    return {
+        "idx": idx,
+        "certified_correct": repr(float(correct.mean())),
+        "abstain": repr(float(1.0 - certified.mean())),
+        "selected_correct": repr(float((selected == mask).mean())),
+        "pixels": int(mask.size),
+        "tp": _counts(mask[correct], num_classes),
+        "gt": _counts(mask, num_classes),
+        "pred": _counts(labels[certified], num_classes),
+        "gt_certified": _counts(mask[certified], num_classes),
+    }
 
 
 def _load(config: TaskRunConfig, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -221,8 +223,8 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
                     labels = np.repeat(np.repeat(c.labels, up[0], axis=0), up[1], axis=1)
                     selected = np.repeat(np.repeat(c.selected, up[0], axis=0), up[1], axis=1)
                     m = segmentation_row(idx, labels, selected, mask, num_classes=int(meta["num_classes"]))
-                    row = [*m[:3], repr(c.radius), repr(tau), config.n, config.n0, elapsed, *m[3:]]
-                    writers[tau].write([row])
+                    row = {**m, "radius": repr(c.radius), "tau": repr(tau), "n": config.n, "n0": config.n0}
+                    writers[tau].write([{**row, "time": elapsed}])
             else:
                 rcerts = smoothed.certify_radii(
                     x,
@@ -238,18 +240,13 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
                 for r, c in zip(config.radii, rcerts, strict=True):
                     if idx in writers[r].done:
                         continue
-                    fields = [*c.estimate, *c.lower, *c.upper, *truth]
-                    row = [
-                        idx,
-                        repr(r),
-                        *(repr(float(v)) for v in fields),
-                        repr(worst_case_iou(c.lower, c.upper, c.estimate)),
-                        repr(worst_case_iou(c.lower, c.upper, truth)),
-                        repr(float(box_iou(c.estimate, truth))),
-                        config.n,
-                        elapsed,
-                    ]
-                    writers[r].write([row])
+                    lrow: dict[str, Any] = {"idx": idx, "radius": repr(r), "n": config.n, "time": elapsed}
+                    for prefix, box in (("est", c.estimate), ("lo", c.lower), ("hi", c.upper), ("true", truth)):
+                        lrow.update({f"{prefix}_{k}": repr(float(v)) for k, v in zip(BOX_KEYS, box, strict=True)})
+                    lrow["iou_clean"] = repr(worst_case_iou(c.lower, c.upper, c.estimate))
+                    lrow["iou_truth"] = repr(worst_case_iou(c.lower, c.upper, truth))
+                    lrow["est_iou_truth"] = repr(float(box_iou(c.estimate, truth)))
+                    writers[r].write([lrow])
             bar.update(1)
         bar.close()
     finally:

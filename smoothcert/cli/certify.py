@@ -1,0 +1,40 @@
+"""``smoothcert certify`` and ``smoothcert predict``: options derived from ``runs.certify.RunConfig``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from smoothcert.cli.options import add_options, build_config
+
+__all__ = ["cmd_run", "register"]
+
+_HELP = {
+    "certify": "CERTIFY every selected example of a split",
+    "predict": "PREDICT every selected example of a split",
+}
+
+
+def register(sub: Any) -> None:
+    """Add the ``certify`` and ``predict`` sub-commands."""
+    from smoothcert.runs.certify import RunConfig
+
+    for name, helptext in _HELP.items():
+        p = sub.add_parser(name, help=helptext)
+        add_options(p, RunConfig, command=name)
+        p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from smoothcert.runs.certify import RunConfig, run
+    from smoothcert.runtime.distributed import DistContext
+
+    config = build_config(RunConfig, args, command=args.command)
+    dist = DistContext.from_env(config.device)
+    try:
+        out = run(config, dist)
+    finally:
+        dist.close()
+    if dist.is_main and config.progress:
+        print(f"{args.command}: results in {out}")
+    return 0

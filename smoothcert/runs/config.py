@@ -1,0 +1,201 @@
+"""Settings of ``smoothcert certify`` / ``predict`` (:class:`RunConfig`) and the rule that turns a
+library's ``ValueError`` met while validating them into a :class:`~smoothcert.core.errors.ConfigError`.
+
+Each field's metadata (help, flag details; see :mod:`smoothcert.cli.options`) is the single
+source of its command-line option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from smoothcert.core import sequential
+from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.core.errors import ConfigError, SmoothcertError
+from smoothcert.core.radii import NORMS
+from smoothcert.smoothing.noises import NOISES
+
+__all__ = ["AMP", "SPLITS", "RunConfig", "as_config_error"]
+
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SPLITS = ("train", "test", "val")
+
+
+@contextmanager
+def as_config_error() -> Iterator[None]:
+    """Inside, a plain ``ValueError`` raised by a library check becomes a :class:`ConfigError`.
+
+    Used only while validating a configuration, where every value checked is one the user
+    chose; outside validation a ``ValueError`` is a bug and stays one.
+    """
+    try:
+        yield
+    except SmoothcertError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _nonnegative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be >= 0 and finite, got {value!r}")
+
+
+def _opt(help: str, **more: Any) -> dict[str, Any]:
+    """Field metadata read by the command line (``smoothcert.cli.options``): help text and flag details."""
+    return {"help": help, **more}
+
+
+_CERTIFY = ("certify",)
+_SEQ = "sequential certification (valid under early stopping)"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of ``smoothcert certify`` / ``smoothcert predict``.
+
+    Each field's metadata (help, flag details) is the single source of the command-line option
+    (:mod:`smoothcert.cli.options`). The sidecar of a log records every field.
+    """
+
+    command: Literal["certify", "predict"] = field(metadata={"cli": False})
+    model: str = field(metadata=_opt("model directory written by 'smoothcert train'"))
+    out: str = field(metadata=_opt("result TSV (resumed if it exists; FILE.json holds the configuration)", order=100))
+    denoiser: str | None = field(
+        default=None,
+        metadata=_opt(
+            "denoiser directory ('smoothcert train-denoiser'): smooth MODEL(DENOISER(x + noise)); "
+            "its noise and sigma become the defaults"
+        ),
+    )  # denoised smoothing (Salman et al. 2020)
+    dataset: str | None = field(default=None, metadata=_opt("data set (default: the model's)"))
+    data_dir: str | None = field(
+        default=None, metadata=_opt("data directory (default: the data set's; or $SMOOTHCERT_DATA)")
+    )
+    split: str = field(default="test", metadata=_opt("split (default: test)", choices=SPLITS))
+    sigma: float | None = field(
+        default=None, metadata=_opt("noise level (default: the denoiser's, else the model's training sigma)")
+    )
+    n0: int = field(default=100, metadata=_opt("selection samples (default: 100)", min=1, commands=_CERTIFY))
+    n: int = field(default=100_000, metadata=_opt("samples (default: 100000)", min=1))
+    alpha: float = field(default=0.001, metadata=_opt("failure probability (default: 0.001)"))
+    batch: int = field(default=1000, metadata=_opt("forward-pass batch size (default: 1000)", min=1))
+    skip: int = field(default=1, metadata=_opt("use every skip-th example (default: 1)", min=1))
+    max: int | None = field(default=None, metadata=_opt("at most this many examples (default: all)", min=1))
+    seed: int = field(default=0, metadata=_opt("seed; each example's noise depends on (seed, idx) only"))
+    device: str = field(default="auto", metadata=_opt("auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"))
+    amp: str | None = field(
+        default=None,
+        metadata=_opt("run the base model in mixed precision (bf16: CUDA or a bf16 CPU)", choices=tuple(AMP)),
+    )
+    channels_last: bool = field(
+        default=True,
+        metadata=_opt(
+            "channels-last memory format for the base model (default: on); the noise is unchanged, the "
+            "logits' last bits may differ, so a near-tie vote can flip"
+        ),
+    )
+    compile: bool = field(default=False, metadata=_opt("torch.compile the base model"))
+    pass_size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "forward-pass size (default: measured, at most --batch); the noise is unchanged, the logits' "
+            "last bits may differ",
+            min=1,
+        ),
+    )  # None: measured (perf.choose_pass_size), at most batch
+    noise: str | None = field(
+        default=None, metadata=_opt("noise (default: the denoiser's, else the model's)", choices=NOISES)
+    )
+    norm: str = field(default="l2", metadata=_opt("threat norm of the radius (default: l2)", choices=NORMS))
+    adaptive: bool = field(
+        default=False,
+        metadata=_opt("sequential CERTIFY: max-radius mode unless --radius", commands=_CERTIFY, group=_SEQ),
+    )
+    radius: float | None = field(
+        default=None,
+        metadata=_opt("decision mode: certify robustness at this radius", commands=_CERTIFY, group=_SEQ),
+    )
+    n_max: int | None = field(
+        default=None, metadata=_opt("largest estimation sample (default: --n)", min=1, commands=_CERTIFY, group=_SEQ)
+    )
+    beta: float | None = field(
+        default=None,
+        metadata=_opt("futility level: affects power only (default: alpha)", commands=_CERTIFY, group=_SEQ),
+    )
+    radius_cap: float | None = field(
+        default=None,
+        metadata=_opt("max-radius mode: stop once this radius is certified", commands=_CERTIFY, group=_SEQ),
+    )
+    radius_tol: float | None = field(
+        default=None,
+        metadata=_opt("max-radius: stop when more samples gain less (0.05 sigma)", commands=_CERTIFY, group=_SEQ),
+    )
+    eval_label: bool = field(
+        default=False,
+        metadata=_opt("bound the true label's probability (no selection)", commands=_CERTIFY, group=_SEQ),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_opt("replace an existing result file instead of resuming it", order=100),
+    )
+    progress: bool = field(default=True, metadata=_opt("no progress bar", flag="--quiet", negate=True, order=100))
+
+    def __post_init__(self) -> None:
+        with as_config_error():
+            self._check()
+
+    def _check(self) -> None:
+        if self.command not in ("certify", "predict"):
+            raise ConfigError(f"command must be 'certify' or 'predict', got {self.command!r}")
+        check_int("n0", self.n0)
+        check_int("n", self.n)
+        check_int("batch", self.batch)
+        check_int("skip", self.skip)
+        check_int("seed", self.seed, 0)
+        check_alpha(self.alpha)
+        if self.max is not None:
+            check_int("max", self.max)
+        if self.sigma is not None:
+            check_sigma(self.sigma)
+        if self.amp is not None and self.amp not in AMP:
+            raise ConfigError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.noise is not None and self.noise not in NOISES:
+            raise ConfigError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.pass_size is not None:
+            check_int("pass_size", self.pass_size)
+        if self.n_max is not None:
+            check_int("n_max", self.n_max)
+        given = {
+            "radius": self.radius is not None,
+            "radius_cap": self.radius_cap is not None,
+            "radius_tol": self.radius_tol is not None,
+            "n_max": self.n_max is not None,
+            "beta": self.beta is not None,
+            "eval_label": self.eval_label,
+        }
+        if not self.adaptive and any(given.values()):
+            names = ", ".join(k for k, v in given.items() if v)
+            raise ConfigError(f"{names} only apply to sequential certification: add adaptive=True (--adaptive)")
+        if self.radius is not None and (self.radius_cap is not None or self.radius_tol is not None):
+            raise ConfigError("radius (decision mode) cannot be combined with radius_cap or radius_tol (max-radius)")
+        if self.adaptive and self.command != "certify":
+            raise ConfigError("adaptive applies to certify only")
+        for name in ("radius", "radius_cap", "radius_tol"):
+            value = getattr(self, name)
+            if value is not None:
+                _nonnegative(name, value)
+        if self.beta is not None:
+            check_alpha(self.beta, "beta")
+        if self.adaptive:
+            sequential.make_schedule(n_max=self.n_max or self.n, alpha=self.alpha, beta=self.beta)
