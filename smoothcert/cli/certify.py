@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from smoothcert.cli.options import add_options, build_config
+from smoothcert.cli.tasks import add_task_flag
 
 __all__ = ["cmd_run", "register"]
 
@@ -22,6 +23,8 @@ def register(sub: Any) -> None:
     for name, helptext in _HELP.items():
         p = sub.add_parser(name, help=helptext)
         add_options(p, RunConfig, command=name)
+        if name == "certify":
+            add_task_flag(p)
         p.set_defaults(func=cmd_run)
 
 

@@ -28,24 +28,53 @@ from smoothcert.cli.certify import register as _certify
 from smoothcert.cli.demo import register as _demo
 from smoothcert.cli.denoiser import register as _denoiser
 from smoothcert.cli.importing import register as _import
+from smoothcert.cli.tasks import register as _tasks
+from smoothcert.cli.tasks import route
 from smoothcert.cli.train import register as _train
 from smoothcert.cli.visualize import register as _visualize
 from smoothcert.core.errors import SmoothcertError
 
 __all__ = ["build_parser", "main"]
 
-_HEAVY = {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import"}
+_HEAVY = {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import", "train-task", "certify-task"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every sub-command (each module's ``register``), with the global ``--debug``."""
+# command -> (the module's register, its one-line help): only the invoked command's module is
+# registered in full, so e.g. ``analyze`` never imports torch through another command's config
+_COMMANDS: dict[str, tuple[Any, str | None]] = {
+    "train": (_train, "train a base classifier under noise (--method, or --task segmentation|localization)"),
+    "train-denoiser": (_denoiser, "train a denoiser for denoised smoothing (Salman et al. 2020)"),
+    "certify": (_certify, "CERTIFY every selected example of a split (or --task segmentation|localization)"),
+    "predict": (_certify, "PREDICT every selected example of a split"),
+    "analyze": (_analyze, "certified-accuracy tables and plots from certify logs"),
+    "visualize": (_visualize, "a PNG grid of examples under several noise levels"),
+    "demo": (_demo, "train, certify and tabulate on Fashion-MNIST (the README's main job)"),
+    "attack": (_attack, "attack a certify log's smoothed classifier (PGD tightness, DeepFool)"),
+    "import": (_import, "convert a published checkpoint (2019 reference, torchvision) to a model dir"),
+    "train-task": (_tasks, None),  # reached through train --task
+    "certify-task": (_tasks, None),  # reached through certify --task
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, with the global ``--debug``.
+
+    With ``command``, only that command's module registers its options; the others are listed
+    by name and help alone (enough to parse and to print ``smoothcert --help``).
+    """
     parser = argparse.ArgumentParser(
-        prog="smoothcert", description="Certified robustness (L2, L1, Linf) by randomized smoothing."
+        prog="smoothcert",
+        description="Certified robustness by randomized smoothing: classification (L2, L1, Linf; sound on "
+        "quantized inputs), segmentation and localization.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_train, _denoiser, _certify, _analyze, _visualize, _demo, _attack, _import):
+    registers = [r for name, (r, _) in _COMMANDS.items() if command in (None, name)]
+    for register in dict.fromkeys(registers):  # once each, in order
         register(sub)
+    for name, (_, helptext) in _COMMANDS.items():
+        if name not in sub.choices and helptext is not None:
+            sub.add_parser(name, help=helptext)
     for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a global --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -70,7 +99,9 @@ def _show_warning(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smoothcert`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    routed = route(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in routed if not a.startswith("-")), None)
+    args = build_parser(command if command in _COMMANDS else None).parse_args(routed)
     debug = bool(getattr(args, "debug", False))
     with warnings.catch_warnings():  # restores the caller's showwarning (main is also called from Python)
         warnings.showwarning = _show_warning

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from smoothcert.cli.options import add_options, build_config, positive_int
+from smoothcert.cli.tasks import add_task_flag
 from smoothcert.core.errors import ConfigError
 
 __all__ = ["METHOD_FLAGS", "OVERRIDES", "cmd_train", "method_params", "register"]
@@ -19,7 +20,7 @@ _METHOD_GROUP = "training method (defaults: the method's paper, per sigma)"
 
 
 def _overrides() -> dict[str, dict[str, Any]]:
-    from smoothcert.smoothing.noises import NOISES
+    from smoothcert.core.radii import NOISES
 
     return {
         "arch": {"help": "small_cnn, cifar_resnet20, cifar_resnet110, resnet50 or a torchvision model"},
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
 
     t = sub.add_parser("train", help="train a base classifier under noise (Gaussian augmentation or another --method)")
     groups = add_options(t, TrainConfig, overrides=OVERRIDES)
+    add_task_flag(t)
     g = groups[_METHOD_GROUP]
     g.add_argument(
         "--num-noise", type=positive_int, help="noisy copies per example: m (consistency, smoothadv), k (macer)"

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from smoothcert.core.errors import CheckpointError
+from smoothcert.core.errors import CheckpointError, ConfigError
 from smoothcert.io.files import commit_file, sha256_file
 from smoothcert.models.architectures import build_model, upgrade_legacy_keys
 from smoothcert.models.denoisers import DnCNN
 
 __all__ = [
     "CheckpointError",
+    "check_compatible",
     "checkpoint_sha256",
     "load_denoiser",
     "load_model",
@@ -207,3 +208,12 @@ def load_denoiser(path: str | Path, *, device: torch.device | str = "cpu") -> tu
         raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
     _load_weights(model, weights, device, None)
     return model, meta
+
+
+def check_compatible(denoiser_meta: dict[str, Any], classifier_meta: dict[str, Any]) -> None:
+    """Raise ConfigError unless the denoiser's output shape is the classifier's input shape."""
+    d, c = list(denoiser_meta["input_shape"]), list(classifier_meta["input_shape"])
+    if d != c:
+        raise ConfigError(
+            f"the denoiser takes inputs of shape {d} but the classifier takes {c}; they cannot be composed"
+        )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from smoothcert.core.errors import ConfigError
-from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, versions
+from smoothcert.io.checkpoints import check_compatible, checkpoint_sha256, load_denoiser, load_model, versions
 from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import (
     ADAPTIVE_COLUMNS,
@@ -42,6 +42,7 @@ from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.perf import cpu_supports_bf16
+from smoothcert.smoothing.adaptive import DEFAULT_RADIUS_RTOL
 from smoothcert.smoothing.classifier import SmoothedClassifier
 from smoothcert.smoothing.noises import make_noise
 
@@ -147,7 +148,6 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     denoiser_meta: dict[str, Any] | None = None
     if config.denoiser is not None:  # denoised smoothing: the base classifier is model(denoiser(z))
         from smoothcert.models.denoisers import compose
-        from smoothcert.training.denoiser import check_compatible
 
         denoiser, denoiser_meta = load_denoiser(config.denoiser, device=device)
         check_compatible(denoiser_meta, meta)
@@ -193,7 +193,11 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         pass_size=config.pass_size or "auto",
         noise=noise_obj,
         norm=config.norm,
+        sound=config.sound,
+        grid=config.grid,
     )
+    if smoothed.grid is not None:  # refuse a data set that is not on the grid before any file is written
+        smoothed.check_on_grid(dataset[indices[0]][0], name=f"{dataset_name} example {indices[0]}")
     identity: dict[str, Any] = {
         "command": config.command,
         "model_sha256": checkpoint_sha256(config.model),
@@ -207,6 +211,8 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         "device_type": device.type,
         "amp": config.amp,
         "compile": config.compile,
+        # float64 samplers (0.2): the noise stream of 0.1 logs differs, so they cannot be resumed
+        "sampler": 2,
     }
     # The noise is drawn in a layout-independent way, so channels-last and the pass size leave
     # every example's noise unchanged; they may change the base classifier's last bits (and so a
@@ -214,6 +220,9 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     if noise != "gaussian" or config.norm != "l2":  # absent from Gaussian L2 identities, as before
         identity["noise"] = noise
         identity["norm"] = config.norm
+    if config.sound:
+        identity["sound"] = True
+        identity["grid"] = smoothed.grid
     if config.command == "certify":
         identity["n0"] = config.n0
     if config.adaptive:
@@ -224,6 +233,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
             beta=config.beta,
             radius_cap=config.radius_cap,
             radius_tol=config.radius_tol,
+            radius_rtol=None if config.radius_tol is not None or config.radius is not None else DEFAULT_RADIUS_RTOL,
             eval_label=config.eval_label,
         )
         identity.pop("n")
@@ -238,6 +248,11 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         "model": meta,
         **({"denoiser": denoiser_meta} if denoiser_meta is not None else {}),
         "layout": {"channels_last": config.channels_last, "pass_size": config.pass_size or "auto"},
+        **(
+            {"sound": {"grid": smoothed.grid, "tv_bound": smoothed.tv_bound(math.prod(input_shape))}}
+            if config.sound
+            else {}
+        ),
         "versions": versions(),
         "world_size": dist.world_size,
         "torch_threads": torch.get_num_threads(),

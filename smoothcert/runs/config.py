@@ -18,8 +18,7 @@ import torch
 from smoothcert.core import sequential
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
 from smoothcert.core.errors import ConfigError, SmoothcertError
-from smoothcert.core.radii import NORMS
-from smoothcert.smoothing.noises import NOISES
+from smoothcert.core.radii import NOISES, NORMS
 
 __all__ = ["AMP", "SPLITS", "RunConfig", "as_config_error"]
 
@@ -113,6 +112,16 @@ class RunConfig:
     noise: str | None = field(
         default=None, metadata=_opt("noise (default: the denoiser's, else the model's)", choices=NOISES)
     )
+    sound: bool = field(
+        default=False,
+        metadata=_opt(
+            "sound mode: inputs on the grid i/GRID, noise drawn on that grid with integer arithmetic, so the "
+            "certificate holds in floating point for every grid input within the radius (docs/sound.md)"
+        ),
+    )
+    grid: int | None = field(
+        default=None, metadata=_opt("the input grid of --sound (default: 255, 8-bit pixels)", min=2)
+    )
     norm: str = field(default="l2", metadata=_opt("threat norm of the radius (default: l2)", choices=NORMS))
     adaptive: bool = field(
         default=False,
@@ -135,7 +144,12 @@ class RunConfig:
     )
     radius_tol: float | None = field(
         default=None,
-        metadata=_opt("max-radius: stop when more samples gain less (0.05 sigma)", commands=_CERTIFY, group=_SEQ),
+        metadata=_opt(
+            "max-radius: stop when more samples gain less than this absolute radius (default: 1.5%% of the "
+            "radius reachable at --n-max)",
+            commands=_CERTIFY,
+            group=_SEQ,
+        ),
     )
     eval_label: bool = field(
         default=False,
@@ -174,6 +188,10 @@ class RunConfig:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.pass_size is not None:
             check_int("pass_size", self.pass_size)
+        if self.grid is not None:
+            if not self.sound:
+                raise ConfigError(f"grid={self.grid!r} applies only to sound mode: add sound=True (--sound)")
+            check_int("grid", self.grid, 2)
         if self.n_max is not None:
             check_int("n_max", self.n_max)
         given = {

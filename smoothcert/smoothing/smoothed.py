@@ -136,7 +136,7 @@ class SmoothedModel:
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
         if self.grid is not None:
-            lattice.check_grid(x.detach().to("cpu", torch.float64).numpy(), self.grid, name=name)
+            self.check_on_grid(x, name=name)
         if self.device is not None:
             x = x.to(self.device)
         return x if batch else x.unsqueeze(0)
@@ -174,6 +174,11 @@ class SmoothedModel:
         sound mode ``dim`` times the sampler's per-coordinate residual.
         """
         return self.sampler.tv_bound(dim) if isinstance(self.sampler, GridNoise) else 0.0
+
+    def check_on_grid(self, x: torch.Tensor, *, name: str = "x") -> None:
+        """Sound mode: raise a one-line ValueError unless ``x`` lies on the grid ``i / grid``."""
+        if self.grid is not None:
+            lattice.check_grid(x.detach().to("cpu", torch.float64).numpy(), self.grid, name=name)
 
     def _probe(self, input_shape: tuple[int, ...], device: torch.device, batch_size: int) -> PassSizeProbe:
         self.last_probe = probe_pass_size(

@@ -29,7 +29,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from smoothcert.core.checks import check_int, check_sigma
 from smoothcert.core.errors import ConfigError
-from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, save_model, versions
+from smoothcert.io.checkpoints import (
+    check_compatible,
+    checkpoint_sha256,
+    load_denoiser,
+    load_model,
+    save_model,
+    versions,
+)
 from smoothcert.io.data import load_dataset
 from smoothcert.models.denoisers import DnCNN, compose
 from smoothcert.runtime.devices import resolve_device
@@ -39,7 +46,6 @@ from smoothcert.training.checkpoint import CheckpointFormat, check_run_settings,
 __all__ = [
     "OBJECTIVES",
     "DenoiserConfig",
-    "check_compatible",
     "compose",
     "denoiser_loss",
     "load_denoiser",
@@ -87,15 +93,6 @@ class DenoiserConfig:
         check_run_settings(self)
         check_int("width", self.width, 1)
         check_int("depth", self.depth, 3)
-
-
-def check_compatible(denoiser_meta: dict[str, Any], classifier_meta: dict[str, Any]) -> None:
-    """Raise ConfigError unless the denoiser's output shape is the classifier's input shape."""
-    d, c = list(denoiser_meta["input_shape"]), list(classifier_meta["input_shape"])
-    if d != c:
-        raise ConfigError(
-            f"the denoiser takes inputs of shape {d} but the classifier takes {c}; they cannot be composed"
-        )
 
 
 def denoiser_loss(
