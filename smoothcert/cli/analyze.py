@@ -72,10 +72,57 @@ def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {target!r} is one of the input logs; analyze never writes to them")
 
 
+def _task_of(path: str) -> str:
+    """``segmentation``, ``localization`` or ``classification``, from a log's header."""
+    from smoothcert.io.logs import SCHEMAS, read_table
+
+    header = tuple(read_table(path)[0])
+    for task in ("segmentation", "localization"):
+        if header == SCHEMAS[task]:
+            return task
+    return "classification"
+
+
+def _analyze_tasks(args: argparse.Namespace, task: str) -> str:
+    """Tables (Markdown) and plots of dense-task logs: one row per log (one tau, or one radius)."""
+    from smoothcert.evaluation import tasks as T
+
+    if task == "segmentation":
+        seg = [T.read_segmentation(p) for p in args.logs]
+        rows = sorted((T.segmentation_summary(g) for g in seg), key=lambda r: (r["radius"], r["tau"]))
+        columns = ["tau", "radius", "certified_accuracy", "abstain", "miou", "miou_certified", "images", "time"]
+        if args.plot:
+            T.plot_segmentation({"logs": seg}, args.plot)
+    else:
+        loc = [T.read_localization(p) for p in args.logs]
+        rows = T.localization_curve(loc, thresholds=(0.5, 0.75))
+        columns = ["radius", "certified_iou_truth>=0.5", "certified_iou_clean>=0.5", "certified_iou_truth>=0.75"]
+        columns += ["mean_width", "images", "time"]
+        if args.plot:
+            T.plot_localization({"logs": loc}, args.plot)
+    if args.format == "json":
+        from smoothcert.evaluation.reports import json_text
+
+        return json_text(rows)
+    if args.format != "markdown":
+        raise ConfigError(f"{task} logs are reported in markdown or json, not {args.format}")
+    return T.markdown_table(rows, columns) + "\n"
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from smoothcert.evaluation import analysis, reports
 
     _check_outputs_are_not_inputs(args)
+    kinds = {_task_of(p) for p in args.logs}
+    if kinds - {"classification"}:
+        if len(kinds) > 1:
+            raise ConfigError(f"analyze reads logs of one task at a time, got {', '.join(sorted(kinds))}")
+        text = _analyze_tasks(args, kinds.pop())
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
     outputs: list[str] = []
     documents: dict[str, Any] = {}  # --format json: everything goes into one JSON document
     if args.logs:

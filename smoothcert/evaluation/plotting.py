@@ -21,17 +21,21 @@ from smoothcert.evaluation.metrics import Summary
 
 __all__ = [
     "PLOT_EXTRA",
+    "new_figure",
     "plot_bounds",
     "plot_certified_accuracy",
     "plot_max_radius",
     "plot_noise_grid",
     "plot_p_lower_ecdf",
+    "save_figure",
 ]
 
 PLOT_EXTRA = "pip install 'smoothcert[plot]'"
 
 
-def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Any, Any]:
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True
+) -> tuple[Any, Any]:
     """A new figure on its own Agg canvas, and its axes (as ``Figure.subplots`` returns them)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,10 +48,10 @@ def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squ
     return fig, axes
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     p = Path(path)
     if p.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"plot file must end in .png, .pdf or .svg, got {str(path)!r}")
+        raise ConfigError(f"plot file must end in .png, .pdf or .svg, got {str(path)!r}")
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=150, bbox_inches="tight")
     return p
@@ -60,7 +64,7 @@ def _finish(fig: Any, ax: Any, path: str | Path, *, title: str | None) -> Path:
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_certified_accuracy(
@@ -83,7 +87,7 @@ def plot_certified_accuracy(
     norm = check_same_norm(summaries)  # one radius axis: refuse logs of different norms
     if empirical and norm != "l2":
         raise ValueError(f"empirical (DeepFool) curves are L2 distances; they cannot be drawn on a {norm} axis")
-    fig, ax = _figure(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for s in summaries:
         if s.mode == "decision":  # one meaningful radius: a single marker
             j = next(k for k, v in enumerate(s.certified_accuracy) if v is not None)
@@ -119,7 +123,7 @@ def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
     from smoothcert.core import stats
 
     pa = np.linspace(0.5005, 0.9999, 600)
-    fig, ax = _figure(figsize=(5.6, 4.0))
+    fig, ax = new_figure(figsize=(5.6, 4.0))
     ax.plot(pa, stats.cohen_radius(pa, sigma=sigma), label="Cohen et al. (this work)")
     ax.plot(pa, stats.li_radius(pa, sigma=sigma), label="Li et al. (Rényi divergence)")
     ax.plot(pa, stats.lecuyer_radius(pa, sigma=sigma), label="Lecuyer et al. (PixelDP)")
@@ -127,7 +131,7 @@ def plot_bounds(path: str | Path, *, sigma: float = 1.0) -> Path:
     ax.set_ylabel(f"certified L2 radius, Gaussian noise (σ = {sigma:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0.001), sigma: float = 1.0) -> Path:
@@ -135,7 +139,7 @@ def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0
     from smoothcert.core import stats
 
     ns = np.unique(np.logspace(1, 6, 200).astype(int))
-    fig, ax = _figure(figsize=(5.6, 4.0))
+    fig, ax = new_figure(figsize=(5.6, 4.0))
     for a in alphas:
         ax.plot(ns, stats.max_radius(ns, a, sigma=sigma), label=f"α = {a:g}")
     ax.set_xscale("log")
@@ -143,7 +147,7 @@ def plot_max_radius(path: str | Path, *, alphas: Sequence[float] = (0.1, 0.01, 0
     ax.set_ylabel(f"largest certifiable L2 radius, Gaussian (σ = {sigma:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_noise_grid(images: NDArray[np.float32], sigmas: Sequence[float], path: str | Path, *, seed: int = 0) -> Path:
@@ -154,7 +158,7 @@ def plot_noise_grid(images: NDArray[np.float32], sigmas: Sequence[float], path: 
     """
     rng = np.random.default_rng(seed)
     k = len(images)
-    fig, axes = _figure(k, len(sigmas), figsize=(1.4 * len(sigmas), 1.4 * k), squeeze=False)
+    fig, axes = new_figure(k, len(sigmas), figsize=(1.4 * len(sigmas), 1.4 * k), squeeze=False)
     for i in range(k):
         for j, s in enumerate(sigmas):
             noisy = np.clip(images[i] + s * rng.standard_normal(images[i].shape), 0, 1)
@@ -167,7 +171,7 @@ def plot_noise_grid(images: NDArray[np.float32], sigmas: Sequence[float], path: 
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(f"σ = {s:g}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_p_lower_ecdf(logs: Sequence[CertifyLog], path: str | Path, *, title: str | None = None) -> Path:
@@ -187,7 +191,7 @@ def plot_p_lower_ecdf(logs: Sequence[CertifyLog], path: str | Path, *, title: st
             raise ConfigError(f"{log.path} {why}: no p_lower distribution to plot")
         if log.examples == 0:
             raise ConfigError(f"{log.path} has no examples: nothing to plot")
-    fig, ax = _figure(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for log in logs:
         assert log.p_lower is not None
         chosen = log.selected if log.selected is not None else log.predict

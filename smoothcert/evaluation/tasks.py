@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -200,29 +199,12 @@ def markdown_table(rows: Sequence[dict[str, float]], columns: Sequence[str], *, 
     return "\n".join(lines)
 
 
-def _figure_path(path: str | Path) -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"plot file must end in .png, .pdf or .svg, got {str(path)!r}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_segmentation(runs: Mapping[str, Sequence[SegmentationLog]], path: str | Path) -> Path:
     """Certified pixel accuracy (solid) and abstain rate (dashed) against radius, one curve per run
     (e.g. per sigma), each point one tau: the paper-style tau trade-off (Fischer et al. 2021, Fig. 3)."""
-    out = _figure_path(path)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    from smoothcert.evaluation.plotting import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for label, logs in runs.items():
         rows = sorted((segmentation_summary(g) for g in logs), key=lambda r: r["radius"])
         r = [row["radius"] for row in rows]
@@ -234,18 +216,16 @@ def plot_segmentation(runs: Mapping[str, Sequence[SegmentationLog]], path: str |
     ax.set_ylabel("fraction of pixels")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_localization(
     runs: Mapping[str, Sequence[LocalizationLog]], path: str | Path, *, threshold: float = 0.5
 ) -> Path:
     """Fraction of scenes with certified IoU ``>= threshold`` with the truth against radius, one curve per run."""
-    out = _figure_path(path)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    from smoothcert.evaluation.plotting import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     key = f"certified_iou_truth>={threshold:g}"
     for label, logs in runs.items():
         rows = localization_curve(logs, thresholds=(threshold,))
@@ -254,6 +234,4 @@ def plot_localization(
     ax.set_ylabel(f"certified IoU >= {threshold:g}")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

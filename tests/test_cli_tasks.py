@@ -1,0 +1,91 @@
+"""The dense tasks through the command line: ``train --task``, ``certify --task``, ``analyze``,
+a killed run resumed with identical rows, and bad input refused in one line with exit 2 before
+any log is written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthdata import write_idx_dataset
+
+from smoothcert.cli.main import main
+from smoothcert.io.logs import LOCALIZATION_COLUMNS, SEGMENTATION_COLUMNS, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    data = write_idx_dataset(root / "fmnist", n_train=64, n_test=24)
+    common = ["--sigma", "0.25", "--epochs", "1", "--train-size", "32", "--test-size", "8", "--device", "cpu"]
+    for task in ("segmentation", "localization"):
+        assert main(["train", "--task", task, "--out", str(root / task), "--data-dir", str(data), *common, "--quiet"]) == 0
+    return root, data
+
+
+def _certify(root, data, task, out, *extra):
+    args = ["certify", "--task", task, "--model", str(root / task), "--out", str(out), "--data-dir", str(data)]
+    return main([*args, "--n0", "8", "--n", "40", "--alpha", "0.05", "--batch", "32", "--max", "4", "--quiet", *extra])
+
+
+def _rows(path, columns):
+    return [[v for c, v in zip(columns, r, strict=True) if c != "time"] for r in read_rows(path, columns)]
+
+
+def test_segmentation_certify_resumes_with_identical_rows_and_analyzes(trained, tmp_path, capsys):
+    root, data = trained
+    assert _certify(root, data, "segmentation", tmp_path / "full.tsv", "--tau", "0.6") == 0
+    full = tmp_path / "full.tsv"  # one tau: the log is --out itself
+    rows = _rows(full, SEGMENTATION_COLUMNS)
+    assert len(rows) == 4
+    # a run killed after two images: keep the header and two rows (and a torn third line), then resume
+    part = tmp_path / "part.tsv"
+    assert _certify(root, data, "segmentation", tmp_path / "part.tsv", "--tau", "0.6", "--max", "2") == 0
+    with part.open("a") as fh:
+        fh.write("2\t0.5")  # torn line
+    assert _certify(root, data, "segmentation", tmp_path / "part.tsv", "--tau", "0.6") == 0
+    assert _rows(part, SEGMENTATION_COLUMNS) == rows
+    capsys.readouterr()
+    assert main(["analyze", str(full)]) == 0
+    table = capsys.readouterr().out
+    assert "certified_accuracy" in table and "| 0.600 |" in table
+
+
+def test_localization_certify_and_analyze(trained, tmp_path, capsys):
+    root, data = trained
+    assert _certify(root, data, "localization", tmp_path / "loc.tsv", "--radii", "0,0.1") == 0
+    logs = [tmp_path / "loc_r0.tsv", tmp_path / "loc_r0.1.tsv"]
+    assert all(len(read_rows(p, LOCALIZATION_COLUMNS)) == 4 for p in logs)
+    capsys.readouterr()
+    assert main(["analyze", *map(str, logs), "--format", "json"]) == 0
+    assert '"certified_iou_truth>=0.5"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "message"),
+    [
+        ("segmentation", ["--tau", "0.4"], "tau"),
+        ("segmentation", ["--tau", "1.0"], "tau"),
+        ("localization", ["--radii", "-0.5"], "radius"),
+        ("classification-model", [], "is a classification model"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, task, extra, message):
+    root, data = trained
+    if task == "classification-model":  # a classification model with --task segmentation
+        assert main(["train", "--arch", "small_cnn", "--dataset", "fashion-mnist", "--data-dir", str(data), "--sigma",
+                     "0.25", "--epochs", "1", "--batch", "16", "--out", str(root / "cls"), "--device", "cpu",
+                     "--quiet"]) == 0
+        args = ["certify", "--task", "segmentation", "--model", str(root / "cls")]
+    else:
+        args = ["certify", "--task", task, "--model", str(root / task)]
+    cmd = [sys.executable, "-m", "smoothcert", *args, "--out", str(tmp_path / "x.tsv"), "--data-dir", str(data), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smoothcert: error:") and message in lines[0], res.stderr
+    assert list(tmp_path.iterdir()) == []
