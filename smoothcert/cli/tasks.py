@@ -36,7 +36,7 @@ _TRAIN: dict[str, dict[str, Any]] = {
 _CERTIFY: dict[str, dict[str, Any]] = {
     "task": {"choices": DENSE_TASKS, "help": "segmentation (Fischer et al. 2021) or localization (Chiang et al. 2020)"},
     "model": {"help": "model directory written by 'smoothcert train --task ...'"},
-    "out": {"help": "result TSV (resumed); with several --tau / --radii values one log each: STEM_tau0.75.tsv, STEM_r0.25.tsv"},
+    "out": {"help": "result TSV (resumed); several --tau/--radii values: one log each (STEM_tau0.75.tsv, ...)"},
     "sigma": {"help": "noise level (default: the model's training sigma)"},
     "taus": {"flag": "--tau", "help": "segmentation: comma list of thresholds tau in (1/2, 1), one log each"},
     "radii": {"help": "localization: comma list of L2 radii, one log each"},
