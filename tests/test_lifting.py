@@ -173,7 +173,8 @@ def _lifted_matches(high: SmoothedClassifier, s: int) -> list[str]:
 def test_lifted_certificate_is_the_low_resolution_one_with_s_times_the_radius():
     """On x = upsample(x_low) (so AvgPool(x) = x_low): both counts match n pA (pA exact, 4.5 sd), labels agree,
     the lifted certificate has sigma = s sigma' and a radius equal to s times the low one within sampling error
-    (the interval maps count_low +- 2 * 4.5 sd, the spread of a difference of two such counts, through the radius)."""
+    (the interval maps count_low +- 9 sd through the radius formula: the difference of two independent
+    counts has sd sqrt(2) sd, so 9 sd is more than 6 of its standard deviations)."""
     base, _ = _linear_setup()
     high = lift(SmoothedClassifier(base, 2, SIGMA_LOW), factor=S)
     assert _lifted_matches(high, S) == []
