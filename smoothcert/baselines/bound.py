@@ -1,6 +1,6 @@
 """A guaranteed upper bound on a network's L2 Lipschitz constant, and the Lipschitz-margin radius.
 
-Tsuzuku, Sato & Sugiyama, "Lipschitz-Margin Training" (NeurIPS 2018), Sec. 3 and Prop. 1: if the logit
+Tsuzuku, Sato & Sugiyama, "Lipschitz-Margin Training" (NeurIPS 2018), the margin guarantee: if the logit
 map ``z = F(x)`` is ``L``-Lipschitz in L2, then for any class ``j`` the logit difference
 ``z_y - z_j = (e_y - e_j) . z`` changes by at most ``||e_y - e_j||_2 L ||delta||_2 = sqrt(2) L ||delta||``,
 so the predicted class ``y`` cannot change within ``||delta||_2 < margin / (sqrt(2) L)`` with

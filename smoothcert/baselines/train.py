@@ -1,4 +1,4 @@
-"""Lipschitz-margin training (Tsuzuku, Sato & Sugiyama, NeurIPS 2018, Sec. 4): make the certified margin large.
+"""Lipschitz-margin training (Tsuzuku, Sato & Sugiyama, NeurIPS 2018): make the certified margin large.
 
 LMT adds ``sqrt(2) L epsilon`` to every logit but the label's before the cross-entropy,
 ``CE(t (z + sqrt(2) L epsilon (1 - onehot(y))), y) / t``, so that the loss is only small once

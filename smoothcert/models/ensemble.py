@@ -1,14 +1,14 @@
 """Ensembles of base classifiers for smoothing, with K-consensus (Horváth et al., ICLR 2022).
 
 Horváth, Müller, Fischer & Vechev, "Boosting Randomized Smoothing with Variance Reduced Classifiers"
-(ICLR 2022), Sec. 3-4: averaging ``m`` independently trained base models lowers the variance of the
+(ICLR 2022): averaging ``m`` independently trained base models lowers the variance of the
 base classifier's output under noise, which raises ``p_A`` and with it the certified radius.
 
 :class:`Ensemble` combines the members by the mean of their softmax outputs (``combine="softmax"``,
 returned as its logarithm, so that ``argmax`` and cross-entropy behave as for one model) or by the
 mean of their logits (``combine="logits"``).
 
-**K-consensus** (the paper's Sec. 4.2 speed-up). With ``consensus=K`` the members are run in order;
+**K-consensus** (the paper's speed-up for ensembles). With ``consensus=K`` the members are run in order;
 for the inputs of a batch on which the first ``K`` members agree on the arg-max class, the remaining
 ``m - K`` members are not run, and the output is the combination of those ``K`` members (every one
 of them ranks the agreed class first, hence so does their mean; with ``argmax`` returning the first
