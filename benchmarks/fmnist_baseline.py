@@ -18,21 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
-from smoothcert.baselines.bound import lipschitz_bound
-from smoothcert.baselines.run import certify_dataset
-from smoothcert.baselines.train import train_lipschitz_margin
 from smoothcert.evaluation.analysis import average_certified_radius, certified_accuracy, read_certify_log
-from smoothcert.io.data import get_spec, load_dataset
-from smoothcert.io.logs import CERTIFY_COLUMNS, ResultWriter
-from smoothcert.models.lipschitz import lipschitz_mlp
-from smoothcert.runs.certify import select_indices
+from smoothcert.runs.baseline import BaselineConfig, run_baseline
 
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 
@@ -56,54 +48,24 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.train_limit, args.hidden, args.max, args.skip = 2, 2000, "256,256", 100, 100
-    torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = get_spec("fashion-mnist")
-    train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
-    limit = args.train_limit or len(train)
-    x = train.images[:limit].float() / 255  # type: ignore[attr-defined]
-    y = train.labels[:limit]  # type: ignore[attr-defined]
-    net = lipschitz_mlp(hidden=[int(h) for h in args.hidden.split(",")], mean=spec.mean, std=spec.std)
-    bound = lipschitz_bound(net, spec.input_shape)
-    t = time.perf_counter()
-    history = train_lipschitz_margin(
-        net,
-        x,
-        y,
-        lipschitz=bound.value,
+    log_path = out / "lipschitz.tsv"
+    config = BaselineConfig(
+        out=str(log_path),
         epsilon=args.epsilon,
         epochs=args.epochs,
+        hidden=args.hidden,
         lr=args.lr,
         temperature=args.temperature,
+        train_limit=args.train_limit,
+        skip=args.skip,
+        max=args.max,
         seed=args.seed,
+        overwrite=True,
     )
-    train_seconds = time.perf_counter() - t
-    idx = select_indices(len(test), skip=args.skip, max_examples=args.max)
-    xt = test.images[idx].float() / 255  # type: ignore[attr-defined]
-    yt = test.labels[idx]  # type: ignore[attr-defined]
-    run = certify_dataset(net, xt, yt, indices=idx)
-    log_path = out / "lipschitz.tsv"
-    identity = {
-        "method": "lipschitz-margin",
-        "norm": "l2",
-        "epsilon": args.epsilon,
-        "epochs": args.epochs,
-        "hidden": args.hidden,
-        "train_limit": limit,
-        "seed": args.seed,
-        "skip": args.skip,
-        "max": args.max,
-    }
-    sidecar = {
-        "identity": identity,
-        "lipschitz": run.bound.value,
-        "layers": [[ln.name, ln.kind, ln.norm] for ln in run.bound.layers],
-        "bound_seconds": run.bound_seconds,
-        "train_seconds": train_seconds,
-    }
-    with ResultWriter(log_path, CERTIFY_COLUMNS[:6], sidecar=sidecar, overwrite=True) as w:
-        w.write([r.values() for r in run.rows])
+    run_baseline(config)  # the same code path as `smoothcert baseline`
+    sidecar = json.loads((out / "lipschitz.tsv.json").read_text())
     name = "Lipschitz margin (LMT, 1-Lipschitz MLP)"
     logs = [(name, read_certify_log(log_path, name=name))]
     logs += [
@@ -113,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     lines = [
-        f"L = {run.bound.value:.4f} (bound computed in {run.bound_seconds:.2f} s), training {train_seconds:.0f} s, "
-        f"last epoch: {history[-1]}",
+        f"L = {sidecar['lipschitz']:.4f} (bound computed in {sidecar['bound_seconds']:.2f} s), "
+        f"training {sidecar['train_seconds']:.0f} s, last epoch: {sidecar['last_epoch']}",
         "",
         "| classifier | " + " | ".join(f"r={r}" for r in RADII) + " | ACR | s / example |",
         "|---|" + "---|" * len(RADII) + "---|---|",
@@ -135,7 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     fig.savefig(out / "BASELINE.png", dpi=120)
     text = "\n".join(lines) + "\n"
     (out / "BASELINE.md").write_text(text)
-    (out / "BASELINE.json").write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     print(text)
 
 

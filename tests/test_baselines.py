@@ -146,8 +146,9 @@ def test_training_and_certification_give_rows_in_certify_columns(trained):
     cert = np.mean([r.correct and r.radius >= 0.3 for r in run.rows])
     assert acc > 0.9 and cert > 0.5
     assert run.bound.value == pytest.approx(2.0, rel=1e-6)
-    _idx, _label, _predict, _radius, correct, t = run.rows[0].values()
-    assert t.count(":") == 2 and correct in (0, 1)
+    row = run.rows[0].values()
+    assert list(row) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert str(row["time"]).count(":") == 2 and row["correct"] in (0, 1)
 
 
 def _certified(trained, bound_value: float):

@@ -3,7 +3,7 @@ for each log schema, the TSV reader and the sidecar path, no module far past 500
 
 The allowed direction (also in the README's "Layout" section), lowest first:
 
-    core  <  runtime  <  models, smoothing  <  io  <  training, evaluation  <  runs  <  cli
+    core  <  runtime  <  models, smoothing  <  io, baselines  <  training, evaluation  <  runs  <  cli
 
 A module may import its own sub-package and any strictly lower layer, never a sibling of the same
 layer nor anything above. Each checker is run on a planted violation too (positive controls).
@@ -25,6 +25,7 @@ LAYER = {
     "models": 2,
     "smoothing": 2,
     "io": 3,
+    "baselines": 3,
     "training": 4,
     "evaluation": 4,
     "runs": 5,

@@ -33,9 +33,16 @@ class BaselineRow:
     correct: int
     time: float
 
-    def values(self) -> tuple[int, int, int, float, int, str]:
-        """The row as written (time as ``H:MM:SS.ffffff`` like the reference's logs)."""
-        return (self.idx, self.label, self.predict, self.radius, self.correct, _hms(self.time))
+    def values(self) -> dict[str, object]:
+        """The row as written, by column name (time as ``H:MM:SS.ffffff`` like the reference's logs)."""
+        return {
+            "idx": self.idx,
+            "label": self.label,
+            "predict": self.predict,
+            "radius": repr(float(self.radius)),
+            "correct": self.correct,
+            "time": _hms(self.time),
+        }
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from smoothcert.cli.analyze import register as _analyze
 from smoothcert.cli.attack import register as _attack
+from smoothcert.cli.baseline import register as _baseline
 from smoothcert.cli.certify import register as _certify
 from smoothcert.cli.demo import register as _demo
 from smoothcert.cli.denoiser import register as _denoiser
@@ -36,7 +37,8 @@ from smoothcert.core.errors import SmoothcertError
 
 __all__ = ["build_parser", "main"]
 
-_HEAVY = {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import", "train-task", "certify-task"}
+_HEAVY = {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import", "baseline"}
+_HEAVY |= {"train-task", "certify-task"}
 
 
 # command -> (the module's register, its one-line help): only the invoked command's module is
@@ -51,6 +53,7 @@ _COMMANDS: dict[str, tuple[Any, str | None]] = {
     "demo": (_demo, "train, certify and tabulate on Fashion-MNIST (the README's main job)"),
     "attack": (_attack, "attack a certify log's smoothed classifier (PGD tightness, DeepFool)"),
     "import": (_import, "convert a published checkpoint (2019 reference, torchvision) to a model dir"),
+    "baseline": (_baseline, "a deterministic certified baseline (Lipschitz margin) to compare with smoothing"),
     "train-task": (_tasks, None),  # reached through train --task
     "certify-task": (_tasks, None),  # reached through certify --task
 }

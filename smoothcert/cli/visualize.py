@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     )
     v.add_argument("--count", type=positive_int, default=6, help="number of examples (rows)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument(
+        "--resolutions",
+        type=floats,
+        help="paper Figure 12: e.g. 28,56 draws one example at its resolution and upsampled (56/28 = 2 x) "
+        "under the same per-pixel noise (the first of --sigmas above 0; --count is ignored)",
+    )
     v.add_argument("--out", required=True, help="PNG (or PDF) file")
     v.set_defaults(func=cmd_visualize)
 
@@ -47,8 +53,28 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     sigmas = check_sigmas(args.sigmas)
     dataset: Any = load_dataset(args.dataset, args.split, args.data_dir)
     rng = np.random.default_rng(args.seed)
+    if args.resolutions is not None:
+        return _resolutions(args, dataset, sigmas, int(rng.integers(len(dataset))))
     picks = rng.choice(len(dataset), size=min(args.count, len(dataset)), replace=False)
     images = torch.stack([dataset[int(i)][0] for i in picks]).numpy()
     out = plot_noise_grid(images, sigmas, args.out, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def _resolutions(args: argparse.Namespace, dataset: Any, sigmas: list[float], index: int) -> int:
+    from smoothcert.smoothing.lifting import render_resolution_figure
+
+    res = args.resolutions
+    image = dataset[index][0]
+    if len(res) != 2 or res[0] != image.shape[-1] or res[1] % res[0] or res[1] <= res[0]:
+        raise ConfigError(
+            f"--resolutions must be the data's resolution and a multiple of it, e.g. "
+            f"{image.shape[-1]},{2 * image.shape[-1]}; got {','.join(f'{r:g}' for r in res)}"
+        )
+    sigma = next((s for s in sigmas if s > 0), None)
+    if sigma is None:
+        raise ConfigError("--resolutions needs a noise level above 0 in --sigmas")
+    out = render_resolution_figure(image, args.out, sigma=sigma, factor=int(res[1] // res[0]), seed=args.seed)
     print(f"wrote {out}")
     return 0

@@ -299,7 +299,11 @@ def _default_name(path: Path, sidecar: dict[str, Any] | None) -> str:
     if sidecar and "identity" in sidecar:
         model = sidecar.get("model", {})
         ident = sidecar["identity"]
+        if ident.get("sigma") is None:  # a deterministic certifier's log (smoothcert baseline)
+            return f"{model.get('arch', 'model')} {ident.get('method', path.stem)}"
         name = f"{model.get('arch', 'model')} σ={ident['sigma']:g}"
+        if ident.get("sound"):
+            name += " sound"
         if ident.get("noise", "gaussian") != "gaussian":
             name += f" {ident['noise']}"
         if ident.get("adaptive"):

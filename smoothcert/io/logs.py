@@ -20,6 +20,7 @@ from smoothcert.core.errors import ResultFileError
 __all__ = [
     "ADAPTIVE_COLUMNS",
     "ATTACK_COLUMNS",
+    "BASELINE_COLUMNS",
     "CERTIFY_COLUMNS",
     "DEEPFOOL_COLUMNS",
     "LOCALIZATION_COLUMNS",
@@ -59,6 +60,8 @@ LOCALIZATION_COLUMNS = (
     *("lo_x0", "lo_y0", "lo_x1", "lo_y1", "hi_x0", "hi_y0", "hi_x1", "hi_y1"),
     *("true_x0", "true_y0", "true_x1", "true_y1", "iou_clean", "iou_truth", "est_iou_truth", "n", "time"),
 )
+# A deterministic certifier's log (smoothcert baseline): the 2019 reference's certify columns.
+BASELINE_COLUMNS = CERTIFY_COLUMNS[:6]
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "certify": CERTIFY_COLUMNS,
     "adaptive": ADAPTIVE_COLUMNS,
@@ -67,6 +70,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "deepfool": DEEPFOOL_COLUMNS,
     "segmentation": SEGMENTATION_COLUMNS,
     "localization": LOCALIZATION_COLUMNS,
+    "baseline": BASELINE_COLUMNS,
 }
 
 

@@ -123,6 +123,50 @@ def _noise_and_sigma(
     return noise, default_sigma
 
 
+class _Upsampled:
+    """A data set's images upsampled ``factor`` times by pixel repetition (``certify --lift``)."""
+
+    def __init__(self, dataset: Any, factor: int) -> None:
+        self.dataset, self.factor = dataset, factor
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from smoothcert.smoothing.lifting import upsample
+
+        x, y = self.dataset[i]
+        return upsample(x.unsqueeze(0), self.factor)[0], y
+
+
+def _ensemble(
+    config: RunConfig, model: torch.nn.Module, meta: dict[str, Any], device: torch.device
+) -> tuple[torch.nn.Module, list[str]]:
+    """The ensemble of ``model`` and ``config.ensemble``'s members, and the members' sha256 (Horvath et al. 2022)."""
+    from smoothcert.models.ensemble import Ensemble
+
+    members, hashes = [model], []
+    for path in [p for p in str(config.ensemble).split(",") if p.strip()]:
+        member, mmeta = load_model(path.strip(), device=device)
+        for key in ("input_shape", "num_classes"):
+            if mmeta.get(key) != meta.get(key):
+                raise ConfigError(
+                    f"ensemble member {path!r} has {key}={mmeta.get(key)!r} but --model has {meta.get(key)!r}"
+                )
+        if mmeta.get("dataset") != meta.get("dataset") or mmeta.get("sigma") != meta.get("sigma"):
+            _warn(
+                f"ensemble member {path!r} was trained on {mmeta.get('dataset')!r} at sigma={mmeta.get('sigma')} "
+                f"but --model on {meta.get('dataset')!r} at sigma={meta.get('sigma')}"
+            )
+        members.append(member)
+        hashes.append(checkpoint_sha256(path.strip()))
+    if len(members) < 2:
+        raise ConfigError(f"ensemble needs at least one further model directory, got {config.ensemble!r}")
+    if config.consensus is not None and config.consensus > len(members):
+        raise ConfigError(f"consensus={config.consensus} exceeds the ensemble's {len(members)} members")
+    return Ensemble(members, combine=config.combine, consensus=config.consensus).to(device).eval(), hashes
+
+
 def prepare(config: RunConfig, dist: DistContext | None = None) -> PreparedRun:
     """Validate the whole configuration and build the smoothed classifier; opens no file for writing.
 
@@ -145,6 +189,9 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     if config.amp == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         raise ConfigError("amp 'bf16' on CPU needs native bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks")
     model, meta = load_model(config.model, device=device)
+    member_hashes: list[str] = []
+    if config.ensemble is not None:
+        model, member_hashes = _ensemble(config, model, meta, device)
     denoiser_meta: dict[str, Any] | None = None
     if config.denoiser is not None:  # denoised smoothing: the base classifier is model(denoiser(z))
         from smoothcert.models.denoisers import compose
@@ -161,10 +208,15 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     if denoiser_meta is not None and denoiser_meta.get("dataset", dataset_name) != dataset_name:
         _warn(f"the denoiser was trained on {denoiser_meta['dataset']!r} but the data set is {dataset_name!r}")
     dataset: Any = load_dataset(dataset_name, config.split, config.data_dir)
+    if config.lift is not None:
+        dataset = _Upsampled(dataset, config.lift)
     indices = select_indices(len(dataset), skip=config.skip, max_examples=config.max)
     if not indices:
         raise ConfigError(f"{dataset_name} {config.split} has no examples to {config.command}")
-    input_shape = tuple(int(v) for v in meta["input_shape"])
+    model_shape = tuple(int(v) for v in meta["input_shape"])
+    input_shape = model_shape  # what the smoothed classifier takes: the model's, or S times larger when lifted
+    if config.lift is not None:
+        input_shape = (*model_shape[:-2], config.lift * model_shape[-2], config.lift * model_shape[-1])
     data_shape = tuple(int(v) for v in dataset[indices[0]][0].shape)
     if data_shape != input_shape:
         raise ConfigError(
@@ -173,7 +225,8 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         )
     n_max = (config.n_max or config.n) if config.adaptive else config.n
     if config.adaptive and config.radius is not None:
-        p_star = float(noise_obj.threshold(config.radius, norm=config.norm, dim=math.prod(input_shape)))
+        reach = make_noise(noise, sigma * config.lift) if config.lift is not None else noise_obj
+        p_star = float(reach.threshold(config.radius, norm=config.norm, dim=math.prod(input_shape)))
         if not p_star < 1:
             raise ConfigError(
                 f"radius={config.radius!r} cannot be certified in {config.norm} with {noise} noise at "
@@ -187,7 +240,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         int(meta["num_classes"]),
         sigma,
         device=device,
-        input_shape=input_shape,
+        input_shape=model_shape,
         autocast_dtype=AMP[config.amp] if config.amp else None,
         channels_last=config.channels_last,
         pass_size=config.pass_size or "auto",
@@ -196,6 +249,10 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         sound=config.sound,
         grid=config.grid,
     )
+    if config.lift is not None:  # App. G: model(AvgPool_S(.)) at S times the resolution, sigma S times larger
+        from smoothcert.smoothing.lifting import lift
+
+        smoothed = lift(smoothed, factor=config.lift)
     if smoothed.grid is not None:  # refuse a data set that is not on the grid before any file is written
         smoothed.check_on_grid(dataset[indices[0]][0], name=f"{dataset_name} example {indices[0]}")
     identity: dict[str, Any] = {
@@ -220,6 +277,10 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     if noise != "gaussian" or config.norm != "l2":  # absent from Gaussian L2 identities, as before
         identity["noise"] = noise
         identity["norm"] = config.norm
+    if member_hashes:
+        identity.update(ensemble_sha256=member_hashes, combine=config.combine, consensus=config.consensus)
+    if config.lift is not None:
+        identity.update(lift=config.lift, lifted_sigma=smoothed.sigma)
     if config.sound:
         identity["sound"] = True
         identity["grid"] = smoothed.grid

@@ -73,6 +73,29 @@ class RunConfig:
             "its noise and sigma become the defaults"
         ),
     )  # denoised smoothing (Salman et al. 2020)
+    ensemble: str | None = field(
+        default=None,
+        metadata=_opt(
+            "comma list of further model directories: smooth the ensemble of --model and these "
+            "(Horvath et al. 2022); every member's sha256 is in the log's identity"
+        ),
+    )
+    combine: str = field(
+        default="softmax",
+        metadata=_opt("ensemble: average the members' softmax (default) or logits", choices=("softmax", "logits")),
+    )
+    consensus: int | None = field(
+        default=None,
+        metadata=_opt("ensemble: stop evaluating members for a draw once the first K agree (K-consensus)", min=1),
+    )
+    lift: int | None = field(
+        default=None,
+        metadata=_opt(
+            "certify at S times the data's resolution (paper App. G): images upsampled S x, base classifier "
+            "model(AvgPool_S(.)), sigma S times the model's; radii are S times larger",
+            min=2,
+        ),
+    )
     dataset: str | None = field(default=None, metadata=_opt("data set (default: the model's)"))
     data_dir: str | None = field(
         default=None, metadata=_opt("data directory (default: the data set's; or $SMOOTHCERT_DATA)")
@@ -188,6 +211,10 @@ class RunConfig:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.pass_size is not None:
             check_int("pass_size", self.pass_size)
+        if self.lift is not None and (self.sound or self.denoiser is not None):
+            raise ConfigError("lift applies to float-mode smoothing of a classifier (not with sound or denoiser)")
+        if (self.consensus is not None or self.combine != "softmax") and self.ensemble is None:
+            raise ConfigError("combine and consensus apply to an ensemble: add ensemble=... (--ensemble DIR,DIR)")
         if self.grid is not None:
             if not self.sound:
                 raise ConfigError(f"grid={self.grid!r} applies only to sound mode: add sound=True (--sound)")
