@@ -42,6 +42,7 @@ from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.perf import cpu_supports_bf16
+from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.adaptive import DEFAULT_RADIUS_RTOL
 from smoothcert.smoothing.classifier import SmoothedClassifier
 from smoothcert.smoothing.noises import make_noise
@@ -70,10 +71,8 @@ def example_generator(seed: int, idx: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="ex", disable=not enabled or None, dynamic_ncols=True, smoothing=0.1)
+def _progress(total: int, enabled: bool, command: str) -> Any:
+    return progress(total=total, desc=command, unit="ex", enabled=enabled)
 
 
 @dataclass(frozen=True)
@@ -357,7 +356,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         per_pass = 1 if largest > config.batch else max(1, min(256, config.batch // smallest_draw))
         if config.adaptive:  # stages of many examples share passes: first stages fill a batch
             per_pass = max(1, min(256, config.batch // 64))
-        bar = _progress(len(todo), config.progress and dist.is_main)
+        bar = _progress(len(todo), config.progress and dist.is_main, config.command)
         # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
         position = {idx: p for p, idx in enumerate(mine)}
         chunk: list[int] = []

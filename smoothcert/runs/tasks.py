@@ -29,6 +29,7 @@ from smoothcert.io.scenes import SCENE_TASKS, SCENES_NAME, FashionScenes
 from smoothcert.models.dense import register_task_architectures
 from smoothcert.runs.certify import example_generator, select_indices
 from smoothcert.runtime.devices import resolve_device
+from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
@@ -184,9 +185,7 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
             writers[value] = ResultWriter(path, columns, sidecar=sidecar, overwrite=config.overwrite)
         todo = [i for i in indices if any(i not in w.done for w in writers.values())]
         shape = tuple(meta["input_shape"])
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="img", disable=not config.progress or None, dynamic_ncols=True)
+        bar = progress(total=len(todo), desc=f"certify --task {config.task}", unit="img", enabled=config.progress)
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(

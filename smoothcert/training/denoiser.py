@@ -40,6 +40,7 @@ from smoothcert.io.checkpoints import (
 from smoothcert.io.data import load_dataset
 from smoothcert.models.denoisers import DnCNN, compose
 from smoothcert.runtime.devices import resolve_device
+from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.noises import make_noise
 from smoothcert.training.checkpoint import CheckpointFormat, check_run_settings, resume, save_checkpoint
 
@@ -184,11 +185,15 @@ def train_denoiser(config: DenoiserConfig) -> dict[str, Any]:
         )
         denoiser.train()
         seen, loss_sum = 0, 0.0
-        bar: Any = loader
-        if config.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch")
+        bar = progress(
+            loader,
+            total=len(loader),
+            enabled=config.progress,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            unit="batch",
+            fraction=0.25,
+        )
         for x, _ in bar:
             x = x.to(device)
             noisy = x + noise.sample_(torch.empty_like(x), noise_gen)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import time
 import warnings
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from smoothcert.io.data import get_spec, load_dataset
 from smoothcert.models.architectures import build_model, upgrade_legacy_keys
 from smoothcert.runtime.devices import eval_mode, resolve_device
 from smoothcert.runtime.distributed import DistContext
+from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.certificates import SmoothingWarning
 from smoothcert.smoothing.noises import NOISES, make_noise
 from smoothcert.training.checkpoint import CheckpointFormat, check_run_settings, resume, save_checkpoint, write_log
@@ -140,14 +140,6 @@ def evaluate(
             noisy += int((model(noisy_x).argmax(1) == y).sum())
             total += len(y)
     return clean / max(total, 1), noisy / max(total, 1)
-
-
-def _progress(it: Iterable[Any], enabled: bool, **kw: Any) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, **kw)
 
 
 CHECKPOINT = CheckpointFormat(
@@ -267,8 +259,14 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
         seen = correct = 0
         loss_sum = 0.0
         term_sums: dict[str, float] = {}
-        bar = _progress(
-            loader, config.progress and dist.is_main, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch"
+        bar = progress(
+            loader,
+            total=len(loader),
+            enabled=config.progress and dist.is_main,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            unit="batch",
+            fraction=0.25,
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
