@@ -179,9 +179,6 @@ def test_missing_data_is_one_line(capsys, tmp_path, model_dir):
     assert "nowhere" in err
 
 
-@pytest.mark.xfail(
-    raises=EOFError, strict=False, reason="io.data must raise DataFormatError for a truncated gzip (io/data.py)"
-)
 def test_truncated_data_file_is_one_line(capsys, tmp_path, model_dir):
     data = write_idx_dataset(tmp_path / "trunc", n_train=8, n_test=8)
     target = data / "t10k-images-idx3-ubyte.gz"
