@@ -677,3 +677,18 @@ def test_max_radius_tolerance_default_and_override():
     assert over.tolerance(over.schedule(), lambda p: sc.radius_of(p, dim=4)) == 0.3
     with pytest.raises(ValueError, match="radius_rtol must be >= 0"):
         SequentialSettings(alpha=0.001, n_max=100, batch_size=10, radius_rtol=-1.0)
+
+
+def test_a_half_precision_input_is_fed_to_a_float32_model_in_float32():
+    # the noise is drawn and added in float32 either way, and the model gets its own dtype: a half
+    # input gives exactly the certificate of the same values in float32 (no dtype error from torch)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    sc = SmoothedClassifier(model, 3, 0.5, pass_size=None)
+    x = torch.rand(1, 4, 4).half()
+    half = sc.certify(x, n0=20, n=300, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(1))
+    full = sc.certify(x.float(), n0=20, n=300, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(1))
+    assert half == full
+    # and the reverse: a bfloat16 model is fed bfloat16 noisy inputs
+    low = SmoothedClassifier(model.to(torch.bfloat16), 3, 0.5, pass_size=None)
+    assert low.certify(x.float(), n0=20, n=300, alpha=0.01, batch_size=64).n == 300

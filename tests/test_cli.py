@@ -658,15 +658,31 @@ def test_sequential_settings_are_refused_where_they_would_be_ignored(kwargs, fra
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_change_of_precision(tmp_path, model_dir, fmnist):
-    from smoothcert.runtime.perf import cpu_supports_bf16
+def test_resume_refuses_a_change_of_precision(tmp_path, model_dir, fmnist, monkeypatch, capsys):
+    # on every CPU: the precision is part of the identity, so a resume with --amp bf16 is refused by the
+    # identity check (before any model runs). The CPU check is lifted so that the refusal tested is the
+    # identity's, not the early "needs native bf16" one.
+    import smoothcert.runs.certify as certify_run
 
+    monkeypatch.setattr(certify_run, "cpu_supports_bf16", lambda: True)
     common = ["certify", "--model", str(model_dir), "--data-dir", str(fmnist), "--n", "50", "--max", "3", "--quiet"]
     out = tmp_path / "c.tsv"
-    assert _run_cli([*common, "--out", str(out)]).returncode == 0
+    assert main([*common, "--out", str(out)]) == 0
     before = out.read_text()
-    proc = _run_cli([*common, "--amp", "bf16", "--out", str(out)])
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    expected = "amp: None there, 'bf16' now" if cpu_supports_bf16() else "needs native bf16"
-    assert expected in proc.stderr, proc.stderr
+    capsys.readouterr()
+    assert main([*common, "--out", str(out)]) == 0  # control: the same settings resume (nothing left to do)
+    assert main([*common, "--amp", "bf16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "amp: None there, 'bf16' now" in err, err
     assert out.read_text() == before
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_before_writing(tmp_path, model_dir, fmnist, monkeypatch, capsys):
+    import smoothcert.runs.certify as certify_run
+
+    monkeypatch.setattr(certify_run, "cpu_supports_bf16", lambda: False)
+    out = tmp_path / "c.tsv"
+    args = ["certify", "--model", str(model_dir), "--data-dir", str(fmnist), "--n", "50", "--max", "3", "--quiet"]
+    assert main([*args, "--amp", "bf16", "--device", "cpu", "--out", str(out)]) == 2
+    assert "needs native bf16" in capsys.readouterr().err
+    assert not out.exists()

@@ -347,6 +347,9 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
 
     n_max = (config.n_max or config.n) if config.adaptive else config.n
     largest = max(n_max, config.n0) if config.command == "certify" else config.n
+    # the pass-size probe runs now, so its cost is in no example's time; the sidecar records it
+    probe = plan.smoothed.probe_pass_size(batch_size=config.batch)
+    sidecar = {**sidecar, "pass_size_probe": probe.as_dict() if probe is not None else None}
     with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
         todo = [i for i in mine if i not in writer.done]
         # Several examples share a forward pass only when each one's draws fit in a batch; otherwise

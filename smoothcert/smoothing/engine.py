@@ -332,10 +332,13 @@ def run_samples(
     generator: GeneratorArg = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    feed_dtype: torch.dtype | None = None,
 ) -> Any:
     """Run ``model`` on ``n_i`` noisy copies of each input and return ``reduction.result()``.
 
     The one sampling loop behind every smoothed model; arguments as in :func:`sample_counts`.
+    ``feed_dtype`` (default: the inputs' dtype) is the dtype the model is fed, e.g. its weights'
+    dtype: the noise is drawn and added in float32 (float64) whatever it is.
     """
     batch_size = check_int("batch_size", batch_size)
     passes = batch_size if pass_size is None else min(check_int("pass_size", pass_size), batch_size)
@@ -357,7 +360,8 @@ def run_samples(
     noise_dtype = torch.promote_types(inputs.dtype, torch.float32)  # float32, or float64 for float64 inputs
     x32 = inputs.to(noise_dtype)
     fmt = torch.channels_last if channels_last and inputs.ndim == 4 else torch.contiguous_format
-    convert = fmt is torch.channels_last or inputs.dtype != noise_dtype
+    feed = inputs.dtype if feed_dtype is None else feed_dtype
+    convert = fmt is torch.channels_last or feed != noise_dtype
     perturb = getattr(noise, "perturb_", None)
     amp = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
@@ -367,7 +371,7 @@ def run_samples(
     with eval_mode(model), torch.inference_mode(), amp:
         buf = torch.empty((cap, *inputs.shape[1:]), dtype=noise_dtype, device=device)
         feed_buf = (
-            torch.empty((min(passes, cap), *inputs.shape[1:]), dtype=inputs.dtype, device=device).contiguous(
+            torch.empty((min(passes, cap), *inputs.shape[1:]), dtype=feed, device=device).contiguous(
                 memory_format=fmt
             )
             if convert

@@ -165,7 +165,17 @@ class SmoothedModel:
             generator=generator,
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
+            feed_dtype=self._feed_dtype(xs.dtype),
         )
+
+    def _feed_dtype(self, input_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the base model expects: its floating weights' (a half-precision input to a float32
+        model, or the reverse, is fed as the model's dtype), else the input's."""
+        if self.autocast_dtype is None and isinstance(self.base_model, torch.nn.Module):
+            for t in self.base_model.parameters():
+                if t.is_floating_point():
+                    return t.dtype
+        return input_dtype
 
     def tv_bound(self, dim: int) -> float:
         """Bound on the total variation between the law of one noisy input and the smoothing law.
