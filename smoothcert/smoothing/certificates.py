@@ -29,12 +29,15 @@ class Certificate:
     """Result of CERTIFY for one input.
 
     With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
-    ``g(x + delta) = label`` for every ``||delta||_2 < radius`` (Cohen et al., Prop. 2); in
-    sound mode for every such ``x + delta`` on the grid ``1 / grid`` (``docs/sound.md`` §2).
+    ``g(x + delta) = label`` for every ``delta`` with ``||delta|| < radius`` in the certificate's
+    ``norm`` (L2, L1 or L-infinity), for its ``noise`` (Gaussian: Cohen et al., Prop. 2; Laplace and
+    uniform: ``docs/noises.md``); in sound mode for every such ``x + delta`` on the grid ``1 / grid``
+    (``docs/sound.md`` §2).
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
-        radius: ``sigma * Phi^-1(p_lower)``; ``0.0`` when abstaining.
+        radius: the noise's radius in ``norm`` at ``p_lower`` (``sigma * Phi^-1(p_lower)`` for Gaussian
+            L2); ``0.0`` when abstaining.
         p_lower: one-sided ``1 - alpha`` Clopper–Pearson lower bound on ``pA``.
         count: votes for the selected class among the ``n`` estimation samples.
         n: number of estimation samples.
@@ -112,8 +115,9 @@ class AdaptiveCertificate:
     """Result of sequential CERTIFY (:meth:`SmoothedClassifier.certify_adaptive`) for one input.
 
     With probability at least ``1 - alpha`` over the sampling, whatever stopping rule ran: if
-    ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta||_2 < radius``
-    (construction and proof sketch: :mod:`smoothcert.core.sequential`).
+    ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta|| < radius`` in the
+    certificate's ``norm``, for its ``noise`` (construction and proof sketch:
+    :mod:`smoothcert.core.sequential`).
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
