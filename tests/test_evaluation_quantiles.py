@@ -109,7 +109,7 @@ def test_logs_without_a_meaningful_p_lower_are_na(tmp_path, capsys):
 
 def test_ecdf_plot_steps_through_every_bound(tmp_path, monkeypatch, capsys):
     drawn: list[object] = []
-    monkeypatch.setattr(plotting, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
     log = logs.read_certify_log(_log(tmp_path / "c.tsv"))
     plotting.plot_p_lower_ecdf([log], tmp_path / "e.png")
     ax = drawn[0].axes[0]  # type: ignore[attr-defined]
