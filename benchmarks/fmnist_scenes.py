@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="small settings: " + json.dumps(QUICK))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=N", help="override one setting, e.g. epochs=4")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--taus", type=float, nargs="+", default=[0.6, 0.75, 0.9, 0.95])
     ap.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
@@ -52,7 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
-    s = QUICK if args.quick else FULL
+    s = dict(QUICK if args.quick else FULL)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in s:
+            raise SystemExit(f"--set {item!r}: unknown setting; choose from {', '.join(s)}")
+        s[key] = int(value)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
