@@ -310,3 +310,22 @@ def test_probe_rejects_bad_arguments():
         perf.probe_pass_size(Counting(), SHAPE, device=CPU, max_size=64, budget_s=0)
     with pytest.raises(ValueError, match="max_size must be >= 1, got 0"):
         perf.probe_pass_size(Counting(), SHAPE, device=CPU, max_size=0)
+
+
+def test_the_library_tunes_the_allocator_on_first_use_unless_told_not_to(monkeypatch):
+    # the one global side effect the library keeps (documented): taken on the first sampling call,
+    # off with SMOOTHCERT_TUNE_MALLOC=0 (control: the same call with the variable unset tunes)
+    import torch
+
+    import smoothcert.smoothing.smoothed as smoothed_module
+    from smoothcert import SmoothedClassifier
+
+    calls = []
+    monkeypatch.setattr(smoothed_module, "tune_malloc", lambda: calls.append(1))
+    sc = SmoothedClassifier(torch.nn.Flatten(), 4, 0.5, pass_size=None)
+    monkeypatch.setenv("SMOOTHCERT_TUNE_MALLOC", "0")
+    sc.predict(torch.rand(4), n=20, alpha=0.1, batch_size=20)
+    assert calls == []
+    monkeypatch.delenv("SMOOTHCERT_TUNE_MALLOC")
+    sc.predict(torch.rand(4), n=20, alpha=0.1, batch_size=20)
+    assert calls == [1]

@@ -18,6 +18,7 @@ is then the sampler's residual total variation per noisy input, which the statis
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -28,12 +29,24 @@ from numpy.typing import NDArray
 from smoothcert.core import lattice
 from smoothcert.core.checks import check_int, check_sigma
 from smoothcert.core.errors import ConfigError
-from smoothcert.runtime.perf import PassSizeProbe, probe_pass_size
+from smoothcert.runtime.perf import PassSizeProbe, probe_pass_size, tune_malloc
 from smoothcert.smoothing.engine import GeneratorArg, Reduction, run_samples
 from smoothcert.smoothing.noises import Noise, make_noise
 from smoothcert.smoothing.sound import GridNoise
 
 __all__ = ["SmoothedModel"]
+
+
+def _tune_allocator_once() -> None:
+    """glibc's allocator keeps large freed blocks for reuse (:func:`smoothcert.runtime.perf.tune_malloc`).
+
+    The one process-wide side effect of the library, taken on the first sampling call because
+    without it every forward pass returns its activations to the kernel and faults them in again
+    (PREDICT through the API: 0.74x the 2019 loop without, 1.89x with; ``benchmarks/api_vs_2019.py``).
+    ``SMOOTHCERT_TUNE_MALLOC=0`` in the environment turns it off. A no-op off glibc.
+    """
+    if os.environ.get("SMOOTHCERT_TUNE_MALLOC", "1") != "0":
+        tune_malloc()  # computed once per process
 
 
 def _model_device(model: Callable[..., object]) -> torch.device | None:
@@ -151,6 +164,7 @@ class SmoothedModel:
         generator: GeneratorArg,
     ) -> Any:
         """The engine on a prepared batch, with this model's noise and options."""
+        _tune_allocator_once()
         pass_size = self.pass_size
         if pass_size == "auto":
             pass_size = self._probe(tuple(xs.shape[1:]), xs.device, batch_size).size
