@@ -83,7 +83,10 @@ def certify(
     args: argparse.Namespace,
     identity: dict,
 ) -> Path:
-    smoothed = SmoothedClassifier(model, 10, args.sigma)
+    smoothed = SmoothedClassifier(model, 10, args.sigma, input_shape=(1, 28, 28))
+    smoothed.probe_pass_size(batch_size=args.batch)  # before counting: the probe's passes are not certification's
+    if hasattr(model, "reset_counters"):
+        model.reset_counters()
     path = out / f"{name}.tsv"
     with ResultWriter(
         path,
@@ -102,23 +105,9 @@ def certify(
                 generator=example_generator(args.seed, i, torch.device("cpu")),
             )
             dt = time.perf_counter() - t
-            w.write(
-                [
-                    [
-                        i,
-                        y,
-                        c.label,
-                        c.radius,
-                        int(c.label == y),
-                        f"0:00:{dt:09.6f}",
-                        c.count,
-                        c.n,
-                        c.n0,
-                        c.p_lower,
-                        c.selected,
-                    ]
-                ]
-            )
+            row = {"idx": i, "label": y, "predict": c.label, "radius": repr(c.radius), "correct": int(c.label == y)}
+            row |= {"time": f"{dt:.6f}", "count": c.count, "n": c.n, "n0": c.n0, "p_lower": repr(c.p_lower)}
+            w.write([{**row, "selected": c.selected}])
     return path
 
 
