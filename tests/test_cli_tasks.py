@@ -89,3 +89,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, task
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("smoothcert: error:") and message in lines[0], res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_segmentation_under_torchrun_equals_a_single_process(trained, tmp_path):
+    # two ranks certify every other scene into part files; rank 0 merges them into the log one process writes
+    import os
+
+    root, data = trained
+    args = ["certify", "--task", "segmentation", "--model", str(root / "segmentation"), "--data-dir", str(data)]
+    args += ["--n0", "8", "--n", "40", "--alpha", "0.05", "--batch", "32", "--max", "5", "--quiet", "--tau", "0.6"]
+    single, multi = tmp_path / "single.tsv", tmp_path / "multi.tsv"
+    assert main([*args, "--out", str(single)]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "smoothcert"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([*cmd, "--", *args, "--out", str(multi)], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _rows(multi, SEGMENTATION_COLUMNS) == _rows(single, SEGMENTATION_COLUMNS)
+    assert not list(tmp_path.glob("multi.tsv.part*")), "part files are merged and removed"

@@ -111,9 +111,14 @@ def cmd_train_task(args: argparse.Namespace) -> int:
 
 def cmd_certify_task(args: argparse.Namespace) -> int:
     from smoothcert.runs.tasks import TaskRunConfig, run_task
+    from smoothcert.runtime.distributed import DistContext
 
     config = build_config(TaskRunConfig, args, overrides=_CERTIFY)
-    paths = run_task(config)
-    if config.progress:
+    dist = DistContext.from_env(config.device)
+    try:
+        paths = run_task(config, dist)
+    finally:
+        dist.close()
+    if config.progress and dist.is_main:
         print(f"certify --task {config.task}: results in {', '.join(str(p) for p in paths)}")
     return 0

@@ -24,11 +24,19 @@ from smoothcert.core import segmentation as seg
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
 from smoothcert.core.errors import ConfigError
 from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
-from smoothcert.io.logs import LOCALIZATION_COLUMNS, SEGMENTATION_COLUMNS, ResultWriter
+from smoothcert.io.logs import (
+    LOCALIZATION_COLUMNS,
+    SEGMENTATION_COLUMNS,
+    ResultWriter,
+    merge_parts,
+    read_resumable,
+    sidecar_path,
+)
 from smoothcert.io.scenes import SCENE_TASKS, SCENES_NAME, FashionScenes
 from smoothcert.models.dense import register_task_architectures
 from smoothcert.runs.certify import example_generator, select_indices
 from smoothcert.runtime.devices import resolve_device
+from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
@@ -137,11 +145,17 @@ def _load(config: TaskRunConfig, device: torch.device) -> tuple[torch.nn.Module,
     return model, meta
 
 
-def run_task(config: TaskRunConfig) -> dict[float, Path]:
-    """Certify the selected scenes; returns the complete log of each tau or radius."""
+def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[float, Path]:
+    """Certify the selected scenes; returns the complete log of each tau or radius.
+
+    Under ``torchrun`` (``dist`` with several ranks) each rank certifies every ``world_size``-th
+    remaining scene into part files, and rank 0 merges them into logs identical to a single
+    process's (as ``smoothcert certify`` does for classification).
+    """
+    dist = dist or DistContext.single()
     if config.threads is not None:
         torch.set_num_threads(check_int("threads", config.threads))
-    device = resolve_device(config.device)
+    device = dist.device if dist.world_size > 1 else resolve_device(config.device)
     model, meta = _load(config, device)
     model = model.to(memory_format=torch.channels_last)
     sigma = config.sigma if config.sigma is not None else float(meta["sigma"])
@@ -171,6 +185,14 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
     columns = SEGMENTATION_COLUMNS if config.task == "segmentation" else LOCALIZATION_COLUMNS
     paths = task_log_paths(config)
     writers: dict[float, ResultWriter] = {}
+    sidecars: dict[float, dict[str, Any]] = {}
+    finished: dict[float, set[int]] = {}
+    if config.overwrite and dist.world_size > 1 and dist.is_main:  # the old logs and sidecars both go
+        for path in paths.values():
+            for stale in (path, sidecar_path(path)):
+                stale.unlink(missing_ok=True)
+    if dist.world_size > 1:
+        dist.barrier()
     try:
         for value, path in paths.items():
             identity = {**base, key: value}
@@ -182,10 +204,20 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
                 "torch_threads": torch.get_num_threads(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            writers[value] = ResultWriter(path, columns, sidecar=sidecar, overwrite=config.overwrite)
-        todo = [i for i in indices if any(i not in w.done for w in writers.values())]
+            sidecars[value] = sidecar
+            log_path = path
+            if dist.world_size > 1:  # each rank its part file; the scenes already in the final log are skipped
+                log_path = path.with_name(f"{path.name}.part{dist.rank}-of-{dist.world_size}")
+                finished[value] = (
+                    {int(r[0]) for r in read_resumable(path, columns, identity)} if path.exists() else set()
+                )
+            writers[value] = ResultWriter(log_path, columns, sidecar=sidecar, overwrite=config.overwrite)
+        mine = indices[dist.rank :: dist.world_size] if dist.world_size > 1 else indices
+        todo = [i for i in mine if any(i not in w.done and i not in finished.get(v, set()) for v, w in writers.items())]
         shape = tuple(meta["input_shape"])
-        bar = progress(total=len(todo), desc=f"certify --task {config.task}", unit="img", enabled=config.progress)
+        bar = progress(
+            total=len(todo), desc=f"certify --task {config.task}", unit="img", enabled=config.progress and dist.is_main
+        )
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(
@@ -216,7 +248,7 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
                 elapsed = f"{time.perf_counter() - began:.6f}"
                 mask = target.numpy()
                 for tau, c in zip(config.taus, certs, strict=True):
-                    if idx in writers[tau].done:
+                    if idx in writers[tau].done or idx in finished.get(tau, set()):
                         continue
                     up = (mask.shape[0] // c.labels.shape[0], mask.shape[1] // c.labels.shape[1])
                     labels = np.repeat(np.repeat(c.labels, up[0], axis=0), up[1], axis=1)
@@ -237,7 +269,7 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
                 elapsed = f"{time.perf_counter() - began:.6f}"
                 truth = target.numpy().astype(np.float64)
                 for r, c in zip(config.radii, rcerts, strict=True):
-                    if idx in writers[r].done:
+                    if idx in writers[r].done or idx in finished.get(r, set()):
                         continue
                     lrow: dict[str, Any] = {"idx": idx, "radius": repr(r), "n": config.n, "time": elapsed}
                     for prefix, box in (("est", c.estimate), ("lo", c.lower), ("hi", c.upper), ("true", truth)):
@@ -251,4 +283,11 @@ def run_task(config: TaskRunConfig) -> dict[float, Path]:
     finally:
         for w in writers.values():
             w.close()
+    if dist.world_size > 1:
+        dist.barrier()
+        if dist.is_main:
+            for value, path in paths.items():
+                parts = [path.with_name(f"{path.name}.part{r}-of-{dist.world_size}") for r in range(dist.world_size)]
+                merge_parts(path, parts, columns, indices, sidecars[value])
+        dist.barrier()
     return paths
