@@ -226,3 +226,12 @@ def test_old_module_paths_still_import():
         capture_output=True, text=True, cwd=PACKAGE.parent,
     )
     assert old.stdout.strip() == "True" and "moved to smoothcert.evaluation.analysis" in old.stderr
+
+
+def test_model_file_functions_of_the_old_models_module_name_their_new_home():
+    import smoothcert.models as models
+
+    with pytest.raises(AttributeError, match=r"moved to smoothcert\.io\.checkpoints"):
+        models.load_model  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):  # control: an unknown name
+        models.nothing  # noqa: B018
