@@ -31,6 +31,7 @@ __all__ = [
     "ResultWriter",
     "format_row",
     "merge_parts",
+    "part_path",
     "read_resumable",
     "read_rows",
     "read_sidecar",
@@ -226,6 +227,12 @@ class ResultWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def part_path(path: str | Path, rank: int, world_size: int) -> Path:
+    """The part file rank ``rank`` of ``world_size`` writes for the log ``path`` under torchrun."""
+    p = Path(path)
+    return p.with_name(f"{p.name}.part{rank}-of-{world_size}")
 
 
 def merge_parts(

@@ -35,6 +35,7 @@ from smoothcert.io.logs import (
     PREDICT_COLUMNS,
     ResultWriter,
     merge_parts,
+    part_path,
     read_resumable,
     sidecar_path,
 )
@@ -334,7 +335,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     indices, columns, identity, sidecar = plan.indices, plan.columns, plan.identity, plan.sidecar
     out = Path(config.out)
     if dist.world_size > 1:
-        part = out.with_name(f"{out.name}.part{dist.rank}-of-{dist.world_size}")
+        part = part_path(out, dist.rank, dist.world_size)
         if config.overwrite and dist.is_main:  # the old log and its sidecar (old identity) both go
             for stale in (out, sidecar_path(out)):
                 stale.unlink(missing_ok=True)
@@ -373,7 +374,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     if dist.world_size > 1:
         dist.barrier()
         if dist.is_main:
-            parts = [out.with_name(f"{out.name}.part{r}-of-{dist.world_size}") for r in range(dist.world_size)]
+            parts = [part_path(out, r, dist.world_size) for r in range(dist.world_size)]
             merge_parts(out, parts, columns, indices, sidecar)
         dist.barrier()
     return out

@@ -29,6 +29,7 @@ from smoothcert.io.logs import (
     SEGMENTATION_COLUMNS,
     ResultWriter,
     merge_parts,
+    part_path,
     read_resumable,
     sidecar_path,
 )
@@ -207,7 +208,7 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
             sidecars[value] = sidecar
             log_path = path
             if dist.world_size > 1:  # each rank its part file; the scenes already in the final log are skipped
-                log_path = path.with_name(f"{path.name}.part{dist.rank}-of-{dist.world_size}")
+                log_path = part_path(path, dist.rank, dist.world_size)
                 finished[value] = (
                     {int(r[0]) for r in read_resumable(path, columns, identity)} if path.exists() else set()
                 )
@@ -287,7 +288,7 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         dist.barrier()
         if dist.is_main:
             for value, path in paths.items():
-                parts = [path.with_name(f"{path.name}.part{r}-of-{dist.world_size}") for r in range(dist.world_size)]
+                parts = [part_path(path, r, dist.world_size) for r in range(dist.world_size)]
                 merge_parts(path, parts, columns, indices, sidecars[value])
         dist.barrier()
     return paths
