@@ -281,3 +281,44 @@ def test_one_checkpoint_helper_restores_model_and_optimizer_exactly(tmp_path, op
     other = C.CheckpointFormat(key="other", identity_field="identity", log_header="epoch", what="denoiser run")
     with pytest.raises(CheckpointError, match="is not a smoothcert denoiser run checkpoint"):
         C.resume(tmp_path, other, model=fresh, optimizer=fresh_optim, identity={"a": 1}, epochs=5)
+
+
+# ---------------------------------------------------------------- gradient clipping (MACER's stabilizer)
+
+
+def _initial_and_trained(data: Path, out: Path, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    from smoothcert.io.checkpoints import load_model
+    from smoothcert.io.data import get_spec
+    from smoothcert.models.architectures import build_model
+
+    config = _config(data, out, epochs=1, train_limit=16, momentum=0.0, weight_decay=0.0, **kw)
+    spec = get_spec("fashion-mnist")
+    torch.manual_seed(config.seed)  # train() builds its model right after this seed
+    init = build_model("small_cnn", num_classes=10, in_channels=1, mean=spec.mean, std=spec.std)
+    T.train(config)
+    trained, _ = load_model(out)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    return flat(init), flat(trained)
+
+
+def test_clip_grad_bounds_each_step_by_lr_times_the_norm(tmp_path, fmnist):
+    # one plain SGD step (no momentum, no weight decay): the update is -lr * clipped gradient, so its
+    # L2 norm is at most lr * clip_grad (float32 rounding: 1e-4 relative)
+    lr, clip = 0.1, 1e-3
+    init, clipped = _initial_and_trained(fmnist, tmp_path / "clip", lr=lr, clip_grad=clip)
+    assert float((clipped - init).norm()) <= lr * clip * (1 + 1e-4)
+    assert float((clipped - init).norm()) > 0.5 * lr * clip  # it did take the step
+    # control: the same step unclipped is far longer, so the bound above can fail
+    init2, free = _initial_and_trained(fmnist, tmp_path / "free", lr=lr)
+    assert torch.equal(init, init2)
+    assert float((free - init).norm()) > 10 * lr * clip
+
+
+def test_clip_grad_is_part_of_the_run_identity_and_validated(tmp_path, fmnist):
+    out = tmp_path / "m"
+    T.train(_config(fmnist, out, epochs=1, clip_grad=2.0))
+    with pytest.raises(ValueError, match=r"clip_grad: 2\.0 there, None now"):
+        T.train(_config(fmnist, out, epochs=2))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_grad"):
+            _config(fmnist, tmp_path / "x", clip_grad=bad)

@@ -126,6 +126,8 @@ def add_options(
         kw: dict[str, Any] = {"dest": _dest(f, meta)}
         if meta.get("help"):
             kw["help"] = meta["help"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
         if f.default is not dataclasses.MISSING:
             default: Any = f.default
         elif f.default_factory is not dataclasses.MISSING:

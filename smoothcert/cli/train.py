@@ -39,9 +39,15 @@ def _overrides() -> dict[str, dict[str, Any]]:
         "method": {
             "group": _METHOD_GROUP,
             "help": "gaussian (augmentation, the default), consistency (Jeong & Shin 2020), "
-            "smoothadv (Salman et al. 2019) or macer (Zhai et al. 2020)",
+            "smoothadv (Salman et al. 2019) or macer (Zhai et al. 2020; on networks without normalization "
+            "layers, such as small_cnn, add --clip-grad 2 or --lbd 4: README)",
         },
         "method_params": {"cli": False},
+        "clip_grad": {
+            "metavar": "NORM",
+            "help": "clip the gradient's L2 norm (all parameters together) to NORM before each step "
+            "(default: no clipping); keeps MACER stable on networks without normalization",
+        },
     }
 
 

@@ -77,7 +77,8 @@ class Ensemble(nn.Module):
         self.member_evaluations = 0
         self.member_evaluations_saved = 0
 
-    def _combined(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def combine_outputs(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Combine member outputs ``(B, K)`` (any number of them) as this ensemble's ``combine`` says."""
         stacked = torch.stack([o.float() for o in outputs])  # (members, B, K)
         if self.combine == "logits":
             return stacked.mean(0)
@@ -93,18 +94,18 @@ class Ensemble(nn.Module):
             # K = m: agreement of all members changes nothing (the output is the full combination either way)
             outs = [member(x) for member in self.members]
             self.member_evaluations += m * b
-            return self._combined(outs)
+            return self.combine_outputs(outs)
         first = [self.members[i](x) for i in range(k)]
         self.member_evaluations += k * b
         votes = torch.stack([o.argmax(dim=1) for o in first])  # (K, B)
         agree = (votes == votes[0]).all(dim=0)
-        result = self._combined(first)
+        result = self.combine_outputs(first)
         rest = torch.nonzero(~agree).flatten()
         self.member_evaluations_saved += (m - k) * (b - len(rest))
         if len(rest) > 0:
             xr = x[rest]
             later = [self.members[i](xr) for i in range(k, m)]
             self.member_evaluations += (m - k) * len(rest)
-            full = self._combined([o[rest] for o in first] + later)
+            full = self.combine_outputs([o[rest] for o in first] + later)
             result = result.index_copy(0, rest, full.to(result.dtype))
         return result

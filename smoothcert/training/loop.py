@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.checks import check_int, check_positive, check_sigma
 from smoothcert.core.errors import ConfigError
 from smoothcert.core.radii import supported_norms
 from smoothcert.io.checkpoints import save_model, versions
@@ -59,9 +59,10 @@ _IDENTITY = (
     "noise",
     "method",
     "method_params",
+    "clip_grad",
 )
 # identity fields older checkpoints lack, with the value they implied
-_ADDED_LATER: dict[str, Any] = {"noise": "gaussian", "method": "gaussian", "method_params": {}}
+_ADDED_LATER: dict[str, Any] = {"noise": "gaussian", "method": "gaussian", "method_params": {}, "clip_grad": None}
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,14 @@ class TrainConfig:
     amp: str | None = None
     method: str = "gaussian"
     method_params: dict[str, Any] = field(default_factory=dict)  # completed with the paper's defaults
+    clip_grad: float | None = None  # max L2 norm of the whole gradient per step (None: no clipping)
 
     def __post_init__(self) -> None:
         if self.sigma != 0:  # sigma = 0 trains an undefended baseline (e.g. for DeepFool)
             check_sigma(self.sigma)
         check_run_settings(self)
+        if self.clip_grad is not None:
+            check_positive("clip_grad", self.clip_grad)
         get_spec(self.dataset)
         if self.noise not in NOISES:
             raise ConfigError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
@@ -274,6 +278,8 @@ def train(config: TrainConfig, dist: DistContext | None = None) -> dict[str, Any
                 result = objective(net, x, y, noise=noise, generator=noise_gen, epoch=epoch)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
+            if config.clip_grad is not None:  # the gradient of all parameters together, as one vector
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
             seen += len(y)
             correct += int((result.scores.argmax(1) == y).sum())
