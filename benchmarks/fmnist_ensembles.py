@@ -209,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dirs = [Path(m) for m in args.models] if args.models else train_members(out, args)
+    for d in dirs:  # reused member directories must hold what the arguments describe
+        meta = json.loads((d / "model.json").read_text())
+        if meta.get("method", "gaussian") != args.method or meta.get("sigma") != args.sigma:
+            p.error(
+                f"{d} holds a {meta.get('method', 'gaussian')} model at sigma {meta.get('sigma')}, "
+                f"not --method {args.method} at --sigma {args.sigma}"
+            )
     if max(sizes) > len(dirs):
         p.error(f"--sizes {args.sizes} needs {max(sizes)} members, got {len(dirs)}")
     members = [load_model(d)[0] for d in dirs[: max(sizes)]]

@@ -14,7 +14,7 @@ set -euo pipefail
 R=${1:-runs/macer}
 sc=${SMOOTHCERT:-.venv/bin/smoothcert}
 mkdir -p "$R"
-train() {  # skipped when the run directory already holds a trained model
+train() {  # skipped when the run directory already holds a trained model; --out DIR must come last
   local out=${*: -1}
   [ -e "$out/model.json" ] || $sc train --dataset fashion-mnist --arch small_cnn --sigma 0.5 --epochs 4 --lr-step 3 --quiet "$@"
 }
@@ -26,7 +26,7 @@ train "${macer[@]}" --clip-grad 2 --out "$R/macer-clip"
 train "${macer[@]}" --lbd 4 --out "$R/macer-lbd4"
 train "${macer[@]}" --clip-grad 2 --seed 1 --out "$R/macer-clip-seed1"  # is the clipped run's stability luck?
 runs=(gaussian macer-paper macer-clip macer-lbd4 macer-clip-seed1)
-for m in "${runs[@]}"; do [ -e "$R/$m.tsv" ] || cert --model "$R/$m" --out "$R/$m.tsv"; done
+for m in "${runs[@]}"; do cert --model "$R/$m" --out "$R/$m.tsv"; done  # resumes an interrupted log; a finished one is kept
 logs=() labels=()
 for m in "${runs[@]}"; do logs+=("$R/$m.tsv"); labels+=(--label "$m"); done
 {

@@ -322,3 +322,20 @@ def test_clip_grad_is_part_of_the_run_identity_and_validated(tmp_path, fmnist):
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="clip_grad"):
             _config(fmnist, tmp_path / "x", clip_grad=bad)
+
+
+def test_a_checkpoint_from_before_clip_grad_resumes_as_unclipped(tmp_path, fmnist):
+    out = tmp_path / "m"
+    T.train(_config(fmnist, out, epochs=1))
+    path = out / "checkpoint.safetensors"
+    with safetensors.safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata[T.CHECKPOINT.key])
+    del meta["config"]["clip_grad"]  # as written before the field existed
+    safetensors.torch.save_file(tensors, str(path), metadata={T.CHECKPOINT.key: json.dumps(meta)})
+    # control: a clipped run is another configuration, so the old checkpoint is refused for it
+    with pytest.raises(ValueError, match=r"clip_grad: None there, 2\.0 now"):
+        T.train(_config(fmnist, out, epochs=2, clip_grad=2.0))
+    T.train(_config(fmnist, out, epochs=2))
+    assert _checkpoint_epoch(out) == 2
