@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothcert.core import stats
 from smoothcert.evaluation.analysis import CertifyLog, average_certified_radius, certified_accuracy, read_certify_log
 from smoothcert.io.checkpoints import load_model
 from smoothcert.io.data import load_dataset
@@ -268,17 +267,12 @@ def main(argv: list[str] | None = None) -> None:
                 xs, HeadVotes(len(heads), NUM_CLASSES), n=args.n, batch_size=args.batch, generator=gen
             )[0]
             dt = time.perf_counter() - t
-            for h, head in enumerate(heads):
-                selected = int(sel[h].argmax())
-                count = int(est[h, selected])
-                p_lower = float(stats.clopper_pearson_lower(count, args.n, args.alpha))
-                ok = p_lower > 0.5
-                radius = float(smoothed.radius_of(p_lower, dim=x.numel())[0]) if ok else 0.0
-                label = selected if ok else -1
-                certs[head.name].append((label, selected, count))
-                row = {"idx": i, "label": y, "predict": label, "radius": repr(radius), "correct": int(label == y)}
-                row |= {"time": f"{dt:.6f}", "count": count, "n": args.n, "n0": args.n0, "p_lower": repr(p_lower)}
-                writers[head.name].write([{**row, "selected": selected}])
+            found = smoothed.certificates_from_counts(sel, est, n0=args.n0, n=args.n, alpha=args.alpha, dim=x.numel())
+            for head, c in zip(heads, found, strict=True):  # one row of counts per head
+                certs[head.name].append((c.label, c.selected, c.count))
+                row = {"idx": i, "label": y, "predict": c.label, "radius": repr(c.radius), "correct": int(c.label == y)}
+                row |= {"time": f"{dt:.6f}", "count": c.count, "n": args.n, "n0": args.n0, "p_lower": repr(c.p_lower)}
+                writers[head.name].write([{**row, "selected": c.selected}])
             if (j + 1) % max(1, len(idx) // 10) == 0:
                 print(f"{j + 1}/{len(idx)} examples, {time.perf_counter() - started:.0f} s", flush=True)
     finally:
@@ -288,9 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     check = {}
     for h in heads:
         same = 0
+        lib = SmoothedClassifier(h.module(members), NUM_CLASSES, args.sigma, input_shape=SHAPE)
         for j, i in enumerate(idx[: args.check]):
             x, _ = data[i]
-            lib = SmoothedClassifier(h.module(members), NUM_CLASSES, args.sigma, input_shape=SHAPE)
             c = lib.certify(
                 x,
                 n0=args.n0,

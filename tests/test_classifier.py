@@ -692,3 +692,21 @@ def test_a_half_precision_input_is_fed_to_a_float32_model_in_float32():
     # and the reverse: a bfloat16 model is fed bfloat16 noisy inputs
     low = SmoothedClassifier(model.to(torch.bfloat16), 3, 0.5, pass_size=None)
     assert low.certify(x.float(), n0=20, n=300, alpha=0.01, batch_size=64).n == 300
+
+
+def test_certificates_from_counts_is_certify_on_the_same_votes():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    smoothed = SmoothedClassifier(model, 4, 0.5, input_shape=(3, 2, 2), pass_size=50)
+    x = torch.rand(3, 2, 2)
+    g = torch.Generator().manual_seed(3)  # certify draws the n0 selection votes, then n estimation votes
+    selection = smoothed.sample_counts(x[None], n=100, batch_size=100, generator=g)
+    estimation = smoothed.sample_counts(x[None], n=2000, batch_size=100, generator=g)
+    (got,) = smoothed.certificates_from_counts(selection, estimation, n0=100, n=2000, alpha=0.001, dim=12)
+    want = smoothed.certify(x, n0=100, n=2000, alpha=0.001, batch_size=100, generator=torch.Generator().manual_seed(3))
+    assert got == want and got.label != ABSTAIN
+    # control: other estimation votes give another certificate, so the equality above can fail
+    (other,) = smoothed.certificates_from_counts(selection, estimation // 2, n0=100, n=2000, alpha=0.001, dim=12)
+    assert other != want
+    with pytest.raises(ValueError, match=r"one shape, got \(1, 4\) and \(1, 3\)"):
+        smoothed.certificates_from_counts(selection, estimation[:, :3], n0=100, n=2000, alpha=0.001, dim=12)

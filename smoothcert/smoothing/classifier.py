@@ -223,13 +223,31 @@ class SmoothedClassifier(SmoothedModel):
         if len(xs) == 0:
             return []
         selection = self._counts(xs, n=n0, batch_size=batch_size, generator=generator)
-        selected = selection.argmax(axis=1)
         estimation = self._counts(xs, n=n, batch_size=batch_size, generator=generator)
-        count = estimation[np.arange(len(xs)), selected]
-        tv = self.tv_bound(int(xs[0].numel()))
+        return self.certificates_from_counts(selection, estimation, n0=n0, n=n, alpha=alpha, dim=int(xs[0].numel()))
+
+    def certificates_from_counts(
+        self, selection: NDArray[np.int64], estimation: NDArray[np.int64], *, n0: int, n: int, alpha: float, dim: int
+    ) -> list[Certificate]:
+        """CERTIFY's decision from vote counts ``(k, num_classes)``: the class with the most of the ``n0``
+        selection votes, its Clopper–Pearson bound from the ``n`` estimation votes, the radius.
+
+        For callers that count votes themselves (e.g. several classifiers voting on one shared set of
+        draws); ``dim`` is the input's number of coordinates.
+        """
+        alpha = check_alpha(alpha)
+        selection, estimation = np.asarray(selection), np.asarray(estimation)
+        if selection.ndim != 2 or selection.shape != estimation.shape:
+            raise ValueError(
+                f"selection and estimation must be (k, num_classes) arrays of one shape, "
+                f"got {selection.shape} and {estimation.shape}"
+            )
+        selected = selection.argmax(axis=1)
+        count = estimation[np.arange(len(selection)), selected]
+        tv = self.tv_bound(dim)
         p_lower = np.maximum(np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha)) - tv, 0.0)
         certified = p_lower > 0.5
-        radius = self.radius_of(p_lower, dim=int(xs[0].numel()))
+        radius = self.radius_of(p_lower, dim=dim)
         return [
             Certificate(
                 label=int(selected[i]) if certified[i] else ABSTAIN,
@@ -247,7 +265,7 @@ class SmoothedClassifier(SmoothedModel):
                 grid=self.grid,
                 tv_bound=tv,
             )
-            for i in range(len(xs))
+            for i in range(len(selection))
         ]
 
     # ------------------------------------------------------------------ sequential CERTIFY
