@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from smoothcert.evaluation.analysis import CertifyLog, average_certified_radius, certified_accuracy, read_certify_log
+from smoothcert.evaluation.compare import paired_difference
 from smoothcert.io.checkpoints import load_model
 from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import CERTIFY_COLUMNS, ResultWriter, read_sidecar
@@ -127,8 +127,7 @@ class Heads(nn.Module):
             if k is None:
                 results.append(full)
                 continue
-            votes = torch.stack([o.argmax(dim=1) for o in outs[:k]])
-            agree = (votes == votes[0]).all(dim=0)
+            agree = Ensemble.agree(outs[:k])
             self.saved[h] += (head.m - k) * int(agree.sum())
             results.append(torch.where(agree[:, None], self.combiner.combine_outputs(outs[:k]), full))
         return torch.cat(results, dim=1)
@@ -169,8 +168,8 @@ def make_heads(members: int, sizes: list[int], consensus: list[int]) -> list[Hea
 
 def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``b - a`` over the same examples and its 95% normal half-width."""
-    d = b - a
-    return float(d.mean()), float(1.96 * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    d = paired_difference(b, a, binary=False)
+    return d.difference, d.ci_high - d.difference
 
 
 def main(argv: list[str] | None = None) -> None:

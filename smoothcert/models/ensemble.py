@@ -86,6 +86,12 @@ class Ensemble(nn.Module):
         log_p = F.log_softmax(stacked, dim=-1)
         return torch.logsumexp(log_p, dim=0) - torch.log(torch.tensor(float(len(outputs)), device=log_p.device))
 
+    @staticmethod
+    def agree(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """K-consensus's rule: the rows ``(B,)`` on which every output ``(B, K)`` ranks the same class first."""
+        votes = torch.stack([o.argmax(dim=1) for o in outputs])  # (len(outputs), B)
+        return (votes == votes[0]).all(dim=0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = len(self.members)
         b = x.shape[0]
@@ -97,8 +103,7 @@ class Ensemble(nn.Module):
             return self.combine_outputs(outs)
         first = [self.members[i](x) for i in range(k)]
         self.member_evaluations += k * b
-        votes = torch.stack([o.argmax(dim=1) for o in first])  # (K, B)
-        agree = (votes == votes[0]).all(dim=0)
+        agree = self.agree(first)
         result = self.combine_outputs(first)
         rest = torch.nonzero(~agree).flatten()
         self.member_evaluations_saved += (m - k) * (b - len(rest))
