@@ -135,3 +135,20 @@ def test_other_models_and_interrupted_saves_are_not_reused(first, tmp_path):
         out=str(tmp_path / "t.tsv"), data_dir=str(data), model_dir=str(torn), overwrite=True, **SETTINGS
     )
     assert run_baseline(cfg).trained and (torn / "model.json").exists()
+
+
+def test_load_model_needs_the_lipschitz_widths_and_other_archs_take_none(first, tmp_path):
+    _, _, _, result = first
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes((result.model_dir / "model.safetensors").read_bytes())
+    meta = json.loads((result.model_dir / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**meta, "arch_params": {"in_features": 784}}))
+    with pytest.raises(ConfigError, match="lipschitz_mlp' needs arch_params"):
+        load_model(broken)
+    (broken / "model.json").write_text(json.dumps({**meta, "arch_params": {"hidden": [16, 32], "in_features": 784}}))
+    with pytest.raises(CheckpointError, match=r"does not fit its model\.json"):
+        load_model(broken)
+    (broken / "model.json").write_text(json.dumps({**meta, "arch": "small_cnn"}))
+    with pytest.raises(ConfigError, match="'small_cnn' takes no arch_params"):
+        load_model(broken)

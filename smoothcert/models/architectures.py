@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from smoothcert.core.errors import ConfigError
+from smoothcert.models.lipschitz import lipschitz_mlp
+from smoothcert.models.normalize import Normalize
 
 __all__ = [
     "ARCHITECTURES",
@@ -24,21 +26,6 @@ __all__ = [
     "small_cnn",
     "upgrade_legacy_keys",
 ]
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; the first layer of every model built here."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
@@ -182,8 +169,6 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
 def _lipschitz_mlp(
     num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], params: Mapping[str, Any]
 ) -> nn.Module:
-    from smoothcert.models.lipschitz import lipschitz_mlp  # lipschitz imports this module (Normalize)
-
     try:
         hidden = [int(h) for h in params["hidden"]]
         in_features = int(params["in_features"])
