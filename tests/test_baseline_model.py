@@ -125,6 +125,15 @@ def test_other_models_and_interrupted_saves_are_not_reused(first, tmp_path):
         with pytest.raises(ConfigError, match="not written by 'smoothcert baseline'"):
             run_baseline(cfg)
     assert json.loads((foreign / "model.json").read_text())["arch"] == "small_cnn"
+    run_dir = tmp_path / "run"  # e.g. an unfinished 'smoothcert train' directory: no model yet, other files
+    run_dir.mkdir()
+    (run_dir / "checkpoint.safetensors").write_bytes(b"")
+    cfg = BaselineConfig(
+        out=str(tmp_path / "r.tsv"), data_dir=str(data), model_dir=str(run_dir), overwrite=True, **SETTINGS
+    )
+    with pytest.raises(ConfigError, match="holds other files but no model"):
+        run_baseline(cfg)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.safetensors"]
     torn = tmp_path / "torn"  # weights renamed into place, model.json not yet: an interrupted save
     torn.mkdir()
     (torn / "model.safetensors").write_bytes((result.model_dir / "model.safetensors").read_bytes())

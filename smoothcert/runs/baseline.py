@@ -111,13 +111,16 @@ class BaselineResult:
 def _reusable(config: BaselineConfig) -> bool:
     """Whether ``config``'s model directory holds a baseline to reuse (True) or one is to be trained (False).
 
-    Raises (one line) for a directory holding another kind of model, or a baseline trained with other
-    settings (unless ``overwrite``), or weights without ``model.json`` (an interrupted save; unless ``overwrite``).
+    Raises (one line) for a directory holding another kind of model or other files, a baseline trained with
+    other settings (unless ``overwrite``), or weights without ``model.json`` (an interrupted save; unless
+    ``overwrite``).
     """
     d = config.model_path()
     meta_path, weights = d / "model.json", d / "model.safetensors"
     if d.exists() and not d.is_dir():
         raise ConfigError(f"model_dir {str(d)!r} exists and is not a directory")
+    if d.is_dir() and not meta_path.exists() and not weights.exists() and any(d.iterdir()):
+        raise ConfigError(f"model_dir {str(d)!r} holds other files but no model; use an empty or new --model-dir")
     if not meta_path.exists():
         if weights.exists() and not config.overwrite:
             raise CheckpointError(
@@ -214,8 +217,8 @@ def run_baseline(config: BaselineConfig) -> BaselineResult:
             **train_info,
             "versions": versions(),
         }
-        # model.json goes first, so that a crash between save_model's two renames leaves weights without
-        # model.json (refused next time) rather than new weights beside the old settings
+        # the old model.json is removed first, so that a crash between save_model's two renames leaves
+        # weights without model.json (refused next time) rather than new weights beside the old settings
         (model_dir / "model.json").unlink(missing_ok=True)
         save_model(model_dir, net, meta)
     model_sha = checkpoint_sha256(model_dir)
