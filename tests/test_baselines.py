@@ -11,6 +11,7 @@ numpy SVD) at relative tolerance 1e-10.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -199,3 +200,142 @@ def test_min_adversarial_distance_brackets_the_boundary(trained):
     dist = min_adversarial_distance(net64, x[:8], predict[:8], hi=float(radius[:8].max()) * 4, iterations=6, steps=40)
     found = torch.isfinite(dist)
     assert int(found.sum()) >= 1 and bool((dist[found] >= radius[:8][found]).all())
+
+
+# --- Issue 25 §3: layers are recognised by their exact type, and hooks are refused -----------------------
+
+
+class _TimesTenReLU(nn.ReLU):
+    """Planted: a "ReLU" whose forward multiplies by 10 (Lipschitz constant 10, not 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * super().forward(x)
+
+
+class _TimesTenOrtho(OrthoLinear):
+    """Planted: an orthonormal layer whose forward multiplies by 10."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * super().forward(x)
+
+
+class _Scale(nn.Module):
+    """A module the bound does not know."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3.0 * x
+
+
+def _identity_net() -> nn.Sequential:
+    """``Linear(I, b=1) -> ReLU -> Linear(I)`` on R^4: the plain network is the identity plus 1 near 0, L = 1."""
+    first, last = nn.Linear(4, 4), nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(4))
+        first.bias.fill_(1.0)
+        last.weight.copy_(torch.eye(4))
+    return nn.Sequential(first, nn.ReLU(), last)
+
+
+def _times_ten(module, args, output):
+    return 10.0 * output
+
+
+def _pre_times_ten(module, args):
+    return (10.0 * args[0],)
+
+
+def _plant(kind: str, net: nn.Sequential):
+    """Change what ``net`` computes without changing its layers' types (or with a subclass); returns a handle."""
+    if kind == "subclass":
+        net[1] = _TimesTenReLU()
+        return None
+    if kind == "forward hook":
+        return net[1].register_forward_hook(_times_ten)
+    if kind == "pre-hook":
+        return net[1].register_forward_pre_hook(_pre_times_ten)
+    if kind == "global hook":
+        return nn.modules.module.register_module_forward_hook(lambda m, a, out: 10.0 * out if m is net[1] else None)
+    if kind == "hook on the container":
+        return net.register_forward_hook(_times_ten)
+    if kind == "instance forward":
+        net[1].forward = lambda x: 10.0 * torch.relu(x)
+        return None
+    raise AssertionError(kind)
+
+
+PLANTS = ["subclass", "forward hook", "pre-hook", "global hook", "hook on the container", "instance forward"]
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_a_planted_change_really_breaks_the_base_layers_bound(kind):
+    """Positive control: bounding the planted layer as its base type (L = 1, what an isinstance match gave)
+    is violated: two inputs 0.1 apart come out 1.0 apart (the network is 10 x (x + 1) near 0)."""
+    base_bound = lipschitz_bound(_identity_net(), (4,)).value  # computed before a global hook exists
+    assert base_bound == pytest.approx(1.0, rel=1e-8)
+    planted = _identity_net()
+    handle = _plant(kind, planted)
+    try:
+        a = torch.zeros(1, 4)
+        b = a + torch.tensor([[0.1, 0.0, 0.0, 0.0]])
+        with torch.no_grad():
+            ratio = float((planted(a) - planted(b)).norm() / (a - b).norm())
+        assert ratio == pytest.approx(10.0, rel=1e-5) and ratio > 5 * base_bound
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_a_planted_change_is_refused_with_one_line_naming_the_module(kind):
+    net = _identity_net()
+    handle = _plant(kind, net)
+    expected = {
+        "subclass": r"layer '1' of type _TimesTenReLU \(a subclass of ReLU",
+        "forward hook": r"module '1' \(ReLU\) has a forward hook",
+        "pre-hook": r"module '1' \(ReLU\) has a forward pre-hook",
+        "global hook": r"global module forward hook",
+        "hook on the container": r"module '<model>' \(Sequential\) has a forward hook",
+        "instance forward": r"module '1' \(ReLU\) has its own forward",
+    }[kind]
+    try:
+        for call in (
+            lambda: lipschitz_bound(net, (4,)),
+            lambda: certify_dataset(net, torch.zeros(2, 4), torch.zeros(2)),
+        ):
+            with pytest.raises(ConfigError, match=expected) as err:
+                call()
+            assert "\n" not in str(err.value)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if handle is not None:  # control: the same network without the hook is bounded again
+        assert lipschitz_bound(net, (4,)).value == pytest.approx(1.0, rel=1e-8)
+
+
+def test_backward_hooks_subclassed_containers_orthonormal_subclasses_and_unknown_modules_are_refused():
+    net = _identity_net()
+    handle = net[2].register_full_backward_hook(lambda m, gi, go: None)
+    with pytest.raises(ConfigError, match=r"module '2' \(Linear\) has a backward hook"):
+        lipschitz_bound(net, (4,))
+    handle.remove()
+    handle = nn.modules.module.register_module_full_backward_hook(lambda m, gi, go: None)
+    try:
+        with pytest.raises(ConfigError, match="global module backward hook"):
+            lipschitz_bound(net, (4,))
+    finally:
+        handle.remove()
+
+    class LoudSequential(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 10.0 * super().forward(x)
+
+    with pytest.raises(ConfigError, match=r"'inner' \(LoudSequential\)"):
+        lipschitz_bound(nn.Sequential(OrderedDict(inner=LoudSequential(nn.Flatten()))), (4,))
+    # an OrthoLinear subclass is neither frozen into a plain Linear nor bounded as one
+    ortho = nn.Sequential(nn.Flatten(), _TimesTenOrtho(4, 4))
+    with pytest.raises(ConfigError, match=r"layer '1' of type _TimesTenOrtho \(a subclass of OrthoLinear"):
+        lipschitz_bound(ortho, (4,))
+    with pytest.raises(ConfigError, match=r"layer '1' of type _Scale has no known Lipschitz bound"):
+        lipschitz_bound(nn.Sequential(nn.Flatten(), _Scale()), (4,))
+    # control: the exact types are still bounded (plain OrthoLinear: 1)
+    assert lipschitz_bound(nn.Sequential(nn.Flatten(), OrthoLinear(4, 4)), (4,)).value == pytest.approx(1.0, rel=1e-6)

@@ -20,6 +20,13 @@ sequential network and gives each layer's constant:
   stride)`` bounds how many windows share an input element.
 
 Anything else is refused (ConfigError): an unknown layer would make the bound unsound, never looser.
+Layers are recognised by their **exact type** (``type(m) is nn.ReLU``), never ``isinstance``: a subclass
+may override ``forward`` (or ``__call__``) and compute a map with any constant. For the same reason
+:func:`check_plain` refuses a network in which any module has a forward, forward-pre or backward hook,
+an instance-level ``forward``, or while a global module hook (``torch.nn.modules.module``'s
+``register_module_forward_hook`` and the like) is registered: a forward hook or pre-hook may replace a
+layer's output or input. (Backward hooks cannot change the values computed, but they are refused
+too, so that the rule is simply "no hooks".)
 Power iteration is *not* used: it converges from below and is not an upper bound.
 
 **Floating point.** The certificate is for the network evaluated in float64 (:func:`double_copy`;
@@ -50,6 +57,7 @@ __all__ = [
     "RELATIVE_SLACK",
     "LayerNorm",
     "LipschitzBound",
+    "check_plain",
     "double_copy",
     "layer_norms",
     "lipschitz_bound",
@@ -59,7 +67,27 @@ __all__ = [
 
 RELATIVE_SLACK = 1e-9
 MARGIN_SLACK = 1e-9
-_ONE_LIPSCHITZ = (nn.ReLU, MaxMin, nn.Tanh, nn.Flatten, nn.Identity, nn.Dropout)
+_ONE_LIPSCHITZ: tuple[type[nn.Module], ...] = (nn.ReLU, MaxMin, nn.Tanh, nn.Flatten, nn.Identity, nn.Dropout)
+_HOOKS = {
+    "_forward_hooks": "forward hook",
+    "_forward_pre_hooks": "forward pre-hook",
+    "_backward_hooks": "backward hook",
+    "_backward_pre_hooks": "backward pre-hook",
+}
+_KNOWN: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    OrthoLinear,
+    nn.Conv2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    Normalize,
+    nn.LeakyReLU,
+    *_ONE_LIPSCHITZ,
+)
+# instance attributes that would replace what calling the module runs (the class's forward)
+_CALL_OVERRIDES = ("forward", "_call_impl", "_wrapped_call_impl", "__call__")
 
 
 @dataclass(frozen=True)
@@ -135,37 +163,67 @@ def _maxpool_norm(pool: nn.MaxPool2d) -> float:
     return math.sqrt(n[0] * n[1])
 
 
+def check_plain(model: nn.Module) -> None:
+    """Refuse (:class:`ConfigError`, one line naming the module's path and type) a network that may not
+    compute what its layers' types compute: a registered global module hook, or any module (containers
+    included) with a forward, forward-pre or backward hook or an instance-level ``forward``/``__call__``."""
+    from torch.nn.modules import module as torch_module
+
+    for attr, what in _HOOKS.items():
+        if getattr(torch_module, f"_global{attr}", None):
+            raise ConfigError(
+                f"a global module {what} is registered (torch.nn.modules.module._global{attr}); it runs in "
+                "every layer, so no per-layer Lipschitz bound holds: remove it before bounding or certifying"
+            )
+    for name, module in model.named_modules():
+        path = name or "<model>"
+        for attr, what in _HOOKS.items():
+            if getattr(module, attr, None):
+                raise ConfigError(
+                    f"module {path!r} ({type(module).__name__}) has a {what}, which may change what it computes; "
+                    "remove it (handle.remove()) before bounding or certifying"
+                )
+        replaced = [a for a in _CALL_OVERRIDES if a in vars(module)]
+        if replaced:
+            raise ConfigError(
+                f"module {path!r} ({type(module).__name__}) has its own {replaced[0]} set on the instance, so it "
+                "may not compute its type's map; the Lipschitz bound refuses it"
+            )
+
+
 def _one(name: str, module: nn.Module, shape: tuple[int, ...]) -> float:
-    if isinstance(module, _ONE_LIPSCHITZ):
+    kind = type(module)  # the exact type: a subclass may override forward
+    if any(kind is t for t in _ONE_LIPSCHITZ):
         return 1.0
-    if isinstance(module, nn.LeakyReLU):
+    if type(module) is nn.LeakyReLU:
         return max(1.0, abs(float(module.negative_slope)))
-    if isinstance(module, Normalize):
+    if type(module) is Normalize:
         return float(1.0 / module.std.double().abs().min())
-    if isinstance(module, OrthoLinear):
-        w = module.weight().detach().double()
-        return float(torch.linalg.matrix_norm(w, ord=2))
-    if isinstance(module, nn.Linear):
+    if type(module) is OrthoLinear:
+        return float(torch.linalg.matrix_norm(module.weight().detach().double(), ord=2))
+    if type(module) is nn.Linear:
         return float(torch.linalg.matrix_norm(module.weight.detach().double(), ord=2))
-    if isinstance(module, nn.Conv2d):
+    if type(module) is nn.Conv2d:
         return operator_norm(_conv_linear_part(module), shape)
-    if isinstance(module, nn.AvgPool2d):
+    if type(module) is nn.AvgPool2d:
         return operator_norm(module, shape)
-    if isinstance(module, nn.MaxPool2d):
+    if type(module) is nn.MaxPool2d:
         return _maxpool_norm(module)
-    if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+    if type(module) is nn.BatchNorm2d or type(module) is nn.BatchNorm1d:
         if module.training or module.running_var is None:
             raise ConfigError(f"layer {name!r}: batch norm must be in eval mode with running statistics")
         scale = torch.ones_like(module.running_var) if module.weight is None else module.weight.detach()
         return float((scale.double().abs() / torch.sqrt(module.running_var.double() + module.eps)).max())
+    base = next((t for t in (*_KNOWN, nn.Sequential) if isinstance(module, t)), None)
+    subclass = f" (a subclass of {base.__name__}, which may override forward)" if base is not None else ""
     raise ConfigError(
-        f"layer {name!r} of type {type(module).__name__} has no known Lipschitz bound; "
-        "supported: Linear, OrthoLinear, Conv2d, AvgPool2d, MaxPool2d, BatchNorm, Normalize, ReLU, MaxMin, Tanh"
+        f"layer {name!r} of type {kind.__name__}{subclass} has no known Lipschitz bound; supported (exact types): "
+        f"{', '.join(t.__name__ for t in _KNOWN)}"
     )
 
 
 def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    if isinstance(module, nn.Sequential):
+    if type(module) is nn.Sequential:
         out: list[tuple[str, nn.Module]] = []
         for child_name, child in module.named_children():
             out += _leaves(child, f"{prefix}.{child_name}" if prefix else child_name)
@@ -173,7 +231,7 @@ def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     if list(module.children()):
         raise ConfigError(
             f"module {prefix or type(module).__name__!r} ({type(module).__name__}) is not a chain of known layers; "
-            "only nn.Sequential compositions can be bounded"
+            "only nn.Sequential compositions (the exact type) can be bounded"
         )
     return [(prefix or type(module).__name__, module)]
 
@@ -182,8 +240,11 @@ def double_copy(model: nn.Module) -> nn.Module:
     """A float64, eval-mode copy of ``model``: the network whose certificates :func:`margin_radius` gives.
 
     Orthonormal layers are frozen into plain linear layers (their QR factor computed once, in float64),
-    so the copy's layers are exactly the operators :func:`layer_norms` measures.
+    so the copy's layers are exactly the operators :func:`layer_norms` measures. Refuses a network with
+    hooks or instance-level call overrides first (:func:`check_plain`): freezing would drop an
+    orthonormal layer's hooks, and any hook may change what the network computes.
     """
+    check_plain(model)
     return freeze_orthonormal(copy.deepcopy(model).double()).eval()
 
 

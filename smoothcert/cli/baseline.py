@@ -20,7 +20,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "train_limit": {"min": 1, "help": "use only the first N training examples"},
     "skip": {"min": 1, "help": "certify every skip-th test example (default: 1)"},
     "max": {"min": 1, "help": "at most this many test examples"},
-    "overwrite": {"help": "replace an existing log"},
+    "model_dir": {
+        "help": "model directory to keep the trained network in (default: OUT.model); one holding a baseline "
+        "trained with the same settings is reused without training, one with other settings is refused"
+    },
+    "overwrite": {"help": "replace an existing log, and retrain and replace an existing baseline model"},
 }
 
 
@@ -43,5 +47,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from smoothcert.runs.baseline import BaselineConfig, run_baseline
 
     config = build_config(BaselineConfig, args, overrides=OVERRIDES)
-    print(f"baseline: results in {run_baseline(config)}")
+    result = run_baseline(config)
+    how = "trained and saved" if result.trained else "reused (same settings)"
+    print(f"baseline: results in {result.log}; model {how} in {result.model_dir}")
     return 0

@@ -186,8 +186,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
             in_channels=int(meta["input_shape"][0]),
             mean=meta["mean"],
             std=meta["std"],
+            arch_params=meta.get("arch_params"),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"corrupt model.json in {str(path)!r}: {e}") from None
     _load_weights(model, weights, device, lambda state: upgrade_legacy_keys(str(meta["arch"]), state))
     return model, meta

@@ -7,36 +7,25 @@ Every model built here starts with its dataset's per-channel normalization, so i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from smoothcert.core.errors import ConfigError
+from smoothcert.models.lipschitz import lipschitz_mlp
+from smoothcert.models.normalize import Normalize
 
 __all__ = [
     "ARCHITECTURES",
+    "PARAMETRIC_ARCHITECTURES",
     "Normalize",
     "build_model",
     "cifar_resnet",
     "small_cnn",
     "upgrade_legacy_keys",
 ]
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; the first layer of every model built here."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
@@ -177,16 +166,55 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+def _lipschitz_mlp(
+    num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], params: Mapping[str, Any]
+) -> nn.Module:
+    try:
+        hidden = [int(h) for h in params["hidden"]]
+        in_features = int(params["in_features"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(
+            f"arch 'lipschitz_mlp' needs arch_params {{'hidden': [widths], 'in_features': N}}, got {dict(params)!r}"
+        ) from None
+    if in_features % in_channels:
+        raise ConfigError(f"lipschitz_mlp: in_features={in_features} is not a multiple of in_channels={in_channels}")
+    return lipschitz_mlp(in_features=in_features, hidden=hidden, num_classes=num_classes, mean=mean, std=std)
+
+
+# Whole models (Normalize included) that need more than the class and channel counts: a builder gets
+# ``(num_classes, in_channels, mean, std, arch_params)``, ``arch_params`` as stored in model.json.
+PARAMETRIC_ARCHITECTURES: dict[
+    str, Callable[[int, int, Sequence[float], Sequence[float], Mapping[str, Any]], nn.Module]
+] = {
+    "lipschitz_mlp": _lipschitz_mlp,  # smoothcert baseline's 1-Lipschitz MLP (smoothcert.models.lipschitz)
+}
+
+
 def _known_architectures() -> list[str]:
     import torchvision
 
-    return sorted(set(ARCHITECTURES) | set(torchvision.models.list_models(module=torchvision.models)))
+    names = set(ARCHITECTURES) | set(PARAMETRIC_ARCHITECTURES)
+    return sorted(names | set(torchvision.models.list_models(module=torchvision.models)))
 
 
 def build_model(
-    arch: str, *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]
+    arch: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    arch_params: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """``Normalize(mean, std)`` followed by the network ``arch`` (a name above or any torchvision classifier)."""
+    """``Normalize(mean, std)`` followed by the network ``arch`` (a name above or any torchvision classifier).
+
+    A :data:`PARAMETRIC_ARCHITECTURES` name builds the whole model (its own ``Normalize`` first) from
+    ``arch_params`` (e.g. ``lipschitz_mlp``'s hidden widths); the other architectures take none.
+    """
+    if arch in PARAMETRIC_ARCHITECTURES:
+        return PARAMETRIC_ARCHITECTURES[arch](num_classes, in_channels, mean, std, arch_params or {})
+    if arch_params:
+        raise ConfigError(f"arch {arch!r} takes no arch_params, got {dict(arch_params)!r}")
     if arch in ARCHITECTURES:
         net = ARCHITECTURES[arch](num_classes, in_channels)
     else:
@@ -196,5 +224,3 @@ def build_model(
             raise ConfigError(f"unknown arch {arch!r}; choose one of: {', '.join(_known_architectures())}")
         net = _torchvision(arch)(num_classes, in_channels)
     return nn.Sequential(Normalize(mean, std), net)
-
-

@@ -26,7 +26,7 @@ from torch import nn
 
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
-from smoothcert.models.architectures import Normalize
+from smoothcert.models.normalize import Normalize
 
 __all__ = ["MaxMin", "OrthoLinear", "freeze_orthonormal", "lipschitz_mlp"]
 
@@ -125,9 +125,11 @@ def freeze_orthonormal(model: nn.Module) -> nn.Module:
     Returns ``model``.
 
     The frozen network computes the same function (the QR factor is no longer recomputed per call).
+    Only layers of exactly this type are frozen: a subclass may compute something else (an overridden
+    ``forward``), so it is left as it is (and :mod:`smoothcert.baselines.bound` refuses it).
     """
     for name, child in list(model.named_children()):
-        if isinstance(child, OrthoLinear):
+        if type(child) is OrthoLinear:
             setattr(model, name, child.to_linear())
         else:
             freeze_orthonormal(child)
