@@ -105,9 +105,7 @@ def bonferroni_reject(pvalues: ArrayLike, alpha: float) -> NDArray[np.bool_]:
     return np.asarray(p <= alpha / max(p.size, 1), dtype=bool)
 
 
-def predict_pixels(
-    counts: ArrayLike, alpha: float
-) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.float64]]:
+def predict_pixels(counts: ArrayLike, alpha: float) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.float64]]:
     """Per-pixel PREDICT from votes ``counts`` of shape ``(..., m, K)`` (``m`` pixels, ``K`` classes).
 
     Returns ``(top, decided, pvalues)`` shaped ``(..., m)``: each pixel's most frequent class, whether

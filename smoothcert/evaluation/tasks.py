@@ -188,8 +188,14 @@ def segmentation_curve(logs: Sequence[SegmentationLog], radii: Sequence[float]) 
             out.append({**best, "radius": float(r), "log_radius": best["radius"]})
         else:
             out.append(
-                {"radius": float(r), "tau": float("nan"), "certified_accuracy": 0.0, "abstain": 1.0, "miou": 0.0,
-                 "mode": ", ".join(sorted({s["mode"] for s in summaries}))}
+                {
+                    "radius": float(r),
+                    "tau": float("nan"),
+                    "certified_accuracy": 0.0,
+                    "abstain": 1.0,
+                    "miou": 0.0,
+                    "mode": ", ".join(sorted({s["mode"] for s in summaries})),
+                }
             )
     return out
 

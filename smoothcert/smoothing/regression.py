@@ -29,8 +29,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from smoothcert.core import percentile as pct
 from smoothcert.core.checks import check_alpha, check_int
-from smoothcert.core.sound_level import level_after_tv
 from smoothcert.core.errors import ConfigError
+from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.engine import GeneratorArg, OutputSamples
 from smoothcert.smoothing.segmentation import sound_options
 from smoothcert.smoothing.smoothed import SmoothedModel
