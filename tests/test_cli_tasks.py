@@ -107,3 +107,28 @@ def test_segmentation_under_torchrun_equals_a_single_process(trained, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert _rows(multi, SEGMENTATION_COLUMNS) == _rows(single, SEGMENTATION_COLUMNS)
     assert not list(tmp_path.glob("multi.tsv.part*")), "part files are merged and removed"
+
+
+def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(trained, tmp_path, capsys):
+    import json
+
+    from smoothcert.io.logs import read_sidecar, sidecar_path
+
+    root, data = trained
+    sound, old = tmp_path / "sound.tsv", tmp_path / "old.tsv"
+    assert _certify(root, data, "segmentation", sound, "--tau", "0.6", "--max", "1") == 0
+    assert read_sidecar(sound)["identity"]["sound"] is True and read_sidecar(sound)["identity"]["grid"] == 255
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "1", "--float-noise") == 0
+    side = json.loads(sidecar_path(old).read_text())  # a float log as 0.2 wrote it
+    del side["identity"]["sound"], side["identity"]["grid"]
+    sidecar_path(old).write_text(json.dumps(side))
+    capsys.readouterr()
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--float-noise" in err[0]
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2", "--float-noise") == 0
+    assert len(read_rows(old, SEGMENTATION_COLUMNS)) == 2
+    capsys.readouterr()
+    assert main(["analyze", str(sound)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].endswith("| mode |") and "| sound, grid 255 |" in table

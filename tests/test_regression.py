@@ -221,3 +221,55 @@ def test_positive_control_a_search_of_two_corners_overestimates():
     shortcut = min(float(box_iou(lo, ref)), float(box_iou(hi, ref)))
     assert shortcut > _brute_min(lo, hi, ref) + 0.03  # 0.681 against the true 0.640
     assert worst_case_iou(lo, hi, ref) == pytest.approx(_brute_min(lo, hi, ref))
+
+
+# ------------------------------------------------------------------------------ sound mode
+
+X_GRID = torch.round(X * 255) / 255
+
+
+class RecordingLinear(Linear):
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__(w)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().to("cpu", torch.float64).clone())
+        return super().forward(x)
+
+
+def test_sound_mode_feeds_the_model_only_grid_points_and_records_its_mode():
+    model = RecordingLinear(W)
+    reg = SmoothedRegressor(model, SIGMA, sound=True, grid=255)
+    c = reg.certify(X_GRID, n=100, alpha=ALPHA, radius=RADIUS, batch_size=32, generator=torch.Generator().manual_seed(0))
+    seen = torch.cat(model.seen)
+    assert len(seen) == 100 and float((255 * seen - torch.round(255 * seen)).abs().max()) < 1e-4
+    assert c.sound and c.grid == 255 and 0 < c.tv_bound == reg.tv_bound(4) < 1e-14
+    # float-mode control: off-grid inputs, nothing accounted
+    model.seen.clear()
+    f = SmoothedRegressor(model, SIGMA, sound=False).certify(
+        X_GRID, n=100, alpha=ALPHA, radius=RADIUS, batch_size=32, generator=torch.Generator().manual_seed(0)
+    )
+    seen = torch.cat(model.seen)
+    assert float((255 * seen - torch.round(255 * seen)).abs().max()) > 0.1
+    assert not f.sound and f.grid is None and f.tv_bound == 0.0
+
+
+def test_the_residual_total_variation_moves_the_order_statistics_by_the_predicted_amount(monkeypatch):
+    """With tv_bound planted at t, each side's order statistic is chosen at (alpha - n t) / (2 D):
+    here alpha - n t = alpha / 100, which moves both bounds outward."""
+    n, D = 200, 1
+    t = ALPHA * 0.99 / n
+    reg = SmoothedRegressor(Linear(W), SIGMA, sound=True)
+    gen = torch.Generator
+    before = reg.certify(X_GRID, n=n, alpha=ALPHA, radius=RADIUS, batch_size=n, generator=gen().manual_seed(2))
+    monkeypatch.setattr(reg, "tv_bound", lambda dim: t)
+    after = reg.certify(X_GRID, n=n, alpha=ALPHA, radius=RADIUS, batch_size=n, generator=gen().manual_seed(2))
+    p_low, p_high = shifted_percentiles(0.5, RADIUS, sigma=SIGMA)
+    level = ALPHA - n * t
+    assert after.tv_bound == t
+    assert after.lower_index == lower_order_index(n, p_low, level / (2 * D)) < before.lower_index
+    assert after.upper_index == upper_order_index(n, p_high, level / (2 * D)) > before.upper_index
+    assert before.lower_index == lower_order_index(n, p_low, (ALPHA - n * before.tv_bound) / (2 * D))
+    assert after.lower[0] <= before.lower[0] and after.upper[0] >= before.upper[0]
+    assert np.array_equal(after.estimate, before.estimate)  # the same draws

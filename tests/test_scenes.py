@@ -11,9 +11,10 @@ import pytest
 import torch
 from synthdata import write_idx_dataset
 
-from smoothcert.core.errors import ConfigError
+from smoothcert.core.errors import ConfigError, ResultFileError
 from smoothcert.evaluation.tasks import (
     localization_curve,
+    markdown_table,
     plot_localization,
     plot_segmentation,
     read_localization,
@@ -169,3 +170,60 @@ def test_a_model_of_another_task_is_refused(models, data_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="localization model"):
         run_task(_config("segmentation", models["localization"], tmp_path / "x.tsv", data_dir))
+
+
+# ------------------------------------------------------------------------------ sound mode
+
+
+@pytest.mark.parametrize("task", ["segmentation", "localization"])
+def test_every_scene_lies_on_the_8bit_grid(data_dir, task):
+    """Sound mode needs inputs i / 255: the canvases are built as uint8, resized items rounded back."""
+    from smoothcert.core.lattice import check_grid
+    from smoothcert.io.scenes import GRID
+
+    ds = FashionScenes(task, "test", size=40, data_dir=data_dir)
+    xs = torch.stack([ds[i][0] for i in range(len(ds))]).to(torch.float64)
+    assert GRID == 255 and float((255 * xs - torch.round(255 * xs)).abs().max()) < 1e-5
+    check_grid(xs.numpy(), GRID, name="scenes")  # the check sound mode applies
+    # positive control: a bilinearly resized canvas not rounded back to uint8 is off the grid
+    off = torch.nn.functional.interpolate(xs[:4], scale_factor=1.37, mode="bilinear", align_corners=False)
+    with pytest.raises(ValueError, match="grid"):
+        check_grid(off.numpy(), GRID, name="resized")
+
+
+def test_runs_default_to_sound_mode_and_record_it(models, data_dir, tmp_path):
+    from smoothcert.io.logs import read_sidecar
+    from smoothcert.runs.tasks import run_task
+
+    sound = run_task(_config("localization", models["localization"], tmp_path / "s.tsv", data_dir, max=2))
+    fl = run_task(_config("localization", models["localization"], tmp_path / "f.tsv", data_dir, max=2, float_noise=True))
+    s_id, f_id = (read_sidecar(p[0.25])["identity"] for p in (sound, fl))
+    assert (s_id["sound"], s_id["grid"]) == (True, 255) and (f_id["sound"], f_id["grid"]) == (False, None)
+    assert read_localization(sound[0.25]).mode == "sound, grid 255" and read_localization(fl[0.25]).mode == "float"
+    # a float log is not resumed in sound mode, nor the reverse (the generic identity check)
+    with pytest.raises(ResultFileError, match="sound"):
+        run_task(_config("localization", models["localization"], tmp_path / "f.tsv", data_dir, max=2))
+
+
+def test_a_float_log_of_0_2_is_refused_in_sound_mode_naming_float_noise_and_resumes_with_it(
+    models, data_dir, tmp_path
+):
+    import json
+
+    from smoothcert.io.logs import SEGMENTATION_COLUMNS, sidecar_path
+    from smoothcert.runs.tasks import run_task
+
+    model = models["segmentation"]
+    full = run_task(_config("segmentation", model, tmp_path / "full.tsv", data_dir, float_noise=True))[0.75]
+    old = run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, float_noise=True, max=2))[0.75]
+    side = json.loads(sidecar_path(old).read_text())  # as 0.2 wrote it: no sound, no grid
+    del side["identity"]["sound"], side["identity"]["grid"]
+    sidecar_path(old).write_text(json.dumps(side))
+    with pytest.raises(ResultFileError, match="--float-noise"):
+        run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir))
+    assert len(read_rows(old, SEGMENTATION_COLUMNS)) == 2  # refused before writing
+    run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, float_noise=True))
+    assert _without_time(old, SEGMENTATION_COLUMNS) == _without_time(full, SEGMENTATION_COLUMNS)
+    assert read_segmentation(old).mode == "float"
+    table = markdown_table([segmentation_summary(read_segmentation(old))], ["tau", "certified_accuracy"])
+    assert table.splitlines()[0] == "| tau | certified_accuracy | mode |" and "| float |" in table

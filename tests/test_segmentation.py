@@ -179,3 +179,142 @@ def test_family_wise_error_of_certified_pixels_is_at_most_alpha():
 def test_positive_control_without_holm_the_same_check_fails():
     """48 boundary nulls tested at alpha each: some fail in almost every run (rate about 1 - 0.93^48)."""
     assert _family_errors(use_holm=False) > LIMIT
+
+
+# ------------------------------------------------------------------------------ PREDICT: Bonferroni
+
+
+# An adversarial family for per-pixel PREDICT, with exactly known class probabilities. Per draw, a
+# pair of binary pixels (a, b): a = 1 with probability 1/2 + EPS (its smoothed class is 1); b = 1 - a,
+# except that b = 1 whenever a = 1 with probability THETA, so P(b = 1) = 1/2 - EPS + (1/2 + EPS) THETA
+# > 1/2 (its smoothed class is 1 too). Both pixels sit at the decision boundary, and their top
+# classes are wrong on (almost) complementary events, so the pixels' errors add up instead of
+# overlapping: the worst case for a correction that is only a union bound. Two independent pairs
+# make four pixels. "Wrong" below is exact: the top class is not 1.
+EPS, THETA, PRED_N, PRED_ALPHA, PRED_RUNS = 0.001, 0.005, 400, 0.1, 4000
+_PAIR = np.array([0.0, 0.5 - EPS, (0.5 + EPS) * (1 - THETA), (0.5 + EPS) * THETA])  # (a, b) = 00, 01, 10, 11
+
+
+def _pair_family_counts(seed: int) -> np.ndarray:
+    """Votes ``(PRED_RUNS, 4 pixels, 2 classes)`` of PRED_N draws from two independent pairs."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((PRED_RUNS, 4, 2), dtype=np.int64)
+    for j in range(2):
+        c = rng.multinomial(PRED_N, _PAIR, size=PRED_RUNS)
+        out[:, 2 * j] = np.stack([c[:, 0] + c[:, 1], c[:, 2] + c[:, 3]], axis=1)  # pixel a: classes 0, 1
+        out[:, 2 * j + 1] = np.stack([c[:, 0] + c[:, 2], c[:, 1] + c[:, 3]], axis=1)  # pixel b
+    return out
+
+
+# Under H0 (family-wise error <= alpha) the failing runs are stochastically below Binomial(RUNS, alpha);
+# above its 0.999 quantile is a false alarm with probability <= 1e-3.
+PRED_LIMIT = int(st.binom.ppf(0.999, PRED_RUNS, PRED_ALPHA))
+
+
+def test_predict_family_wise_error_is_at_most_alpha_on_an_adversarial_family():
+    """Bonferroni (each pixel at alpha / 4): measured 0.043 at alpha = 0.1 with these seeds."""
+    from smoothcert.core.segmentation import predict_pixels
+
+    top, decided, _ = predict_pixels(_pair_family_counts(0), PRED_ALPHA)
+    failures = int(np.sum(np.any(decided & (top != 1), axis=1)))
+    assert failures <= PRED_LIMIT, f"{failures} of {PRED_RUNS} runs returned a wrong pixel (limit {PRED_LIMIT})"
+
+
+def test_positive_control_unadjusted_per_pixel_predict_exceeds_alpha():
+    """The same family with each pixel tested at alpha (no correction): wrong in about 17% of runs."""
+    from smoothcert.core.segmentation import predict_pixels
+
+    top, _, pvalues = predict_pixels(_pair_family_counts(0), PRED_ALPHA)
+    failures = int(np.sum(np.any((pvalues <= PRED_ALPHA) & (top != 1), axis=1)))
+    assert failures > PRED_LIMIT
+
+
+def test_predict_decides_pixels_at_alpha_over_m():
+    """63 clear pixels and one whose p-value lies in (alpha/64, alpha]: Holm's last step would label it
+    (every other pixel rejected first, it is tested at alpha); Bonferroni leaves it out."""
+    probs = np.full(64, 0.9999)
+    probs[0] = 0.55
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    pred = seg.predict(_pixels(probs), n=400, alpha=0.05, batch_size=400, generator=torch.Generator().manual_seed(3))
+    p = pred.pvalues.reshape(-1)
+    assert 0.05 / 64 < p[0] <= 0.05, p[0]  # the case that tells the two corrections apart (these seeds)
+    assert np.array_equal(pred.labels.reshape(-1) != ABSTAIN, p <= 0.05 / 64)
+    assert bool(holm_reject(p, 0.05)[0])  # Holm would have returned it
+
+
+# ------------------------------------------------------------------------------ sound mode
+
+
+class Recording(torch.nn.Module):
+    """ThresholdSegmenter that keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().to("cpu", torch.float64).clone())
+        return torch.cat([-x, x], dim=1)
+
+
+def _off_grid(seen: list[torch.Tensor]) -> float:
+    """The largest distance of ``255 x`` from an integer over every input the model saw."""
+    return max(float((255 * x - torch.round(255 * x)).abs().max()) for x in seen)
+
+
+def _on_grid(probabilities: np.ndarray) -> torch.Tensor:
+    return torch.round(_pixels(probabilities) * 255) / 255
+
+
+def test_sound_mode_feeds_the_model_only_grid_points_and_records_its_mode():
+    model = Recording()
+    seg = SmoothedSegmenter(model, 2, SIGMA, input_shape=(1, 8, 8), sound=True, grid=255)
+    x = _on_grid(np.linspace(0.3, 0.99, 64))
+    cert = seg.certify(x, n0=16, n=64, alpha=0.05, tau=0.6, batch_size=32, generator=torch.Generator().manual_seed(0))
+    pred = seg.predict(x, n=64, alpha=0.05, batch_size=32, generator=torch.Generator().manual_seed(0))
+    assert sum(len(s) for s in model.seen) == 16 + 64 + 64
+    assert _off_grid(model.seen) < 1e-4
+    dim = 64
+    for r in (cert, pred):
+        assert r.sound and r.grid == 255 and 0 < r.tv_bound == seg.tv_bound(dim) < 1e-12
+    # float-mode control: the same model sees off-grid points, and nothing is accounted
+    model.seen.clear()
+    fl = SmoothedSegmenter(model, 2, SIGMA, input_shape=(1, 8, 8), sound=False)
+    c = fl.certify(x, n0=16, n=64, alpha=0.05, tau=0.6, batch_size=32, generator=torch.Generator().manual_seed(0))
+    assert _off_grid(model.seen) > 0.1
+    assert not c.sound and c.grid is None and c.tv_bound == 0.0
+    assert np.array_equal(c.labels.reshape(-1) != ABSTAIN, certify_pixels(c.counts, 64, tau=0.6, alpha=0.05)[0].reshape(-1))
+
+
+def test_sound_mode_refuses_an_input_off_the_grid():
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=True)
+    with pytest.raises(ValueError, match="grid"):
+        seg.certify(torch.full((1, 8, 8), 0.5), n0=4, n=4, alpha=0.1, tau=0.6, batch_size=4)
+
+
+def test_the_residual_total_variation_enters_certify_and_predict(monkeypatch):
+    """With tv_bound planted at t, Holm runs at alpha - n t and PREDICT at (alpha - n t) / m: at
+    alpha - n t = 1e-9 nothing is certified (the smallest p-value, 0.75^50 = 5.7e-7, fails
+    1e-9 / 64) where alpha = 0.1 certifies every pixel; PREDICT likewise at alpha - n t' = 1e-14."""
+    n, alpha = 50, 0.1
+    t = (alpha - 1e-9) / n
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=True)
+    x = _on_grid(np.full(64, 0.99999))
+    gen = torch.Generator
+    before = seg.certify(x, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64, generator=gen().manual_seed(1))
+    assert np.all(before.labels == 1)
+    monkeypatch.setattr(seg, "tv_bound", lambda dim: t)
+    after = seg.certify(x, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64, generator=gen().manual_seed(1))
+    assert after.tv_bound == t and np.array_equal(after.counts, before.counts)  # same draws
+    assert np.all(after.labels == ABSTAIN)
+    expected = certify_pixels(after.counts, n, tau=0.75, alpha=alpha - n * t)[0]
+    assert np.array_equal(after.labels != ABSTAIN, expected)
+    # PREDICT: every pixel's p-value is 2 * 2^-50 = 1.8e-15 <= alpha / 64, but not <= (alpha - n t') / 64
+    t2 = (alpha - 1e-14) / n
+    monkeypatch.setattr(seg, "tv_bound", lambda dim: t2)
+    pred = seg.predict(x, n=n, alpha=alpha, batch_size=64, generator=gen().manual_seed(1))
+    assert np.all(pred.pvalues <= alpha / 64) and np.all(pred.labels == ABSTAIN) and pred.tv_bound == t2
+    assert np.array_equal(pred.labels != ABSTAIN, pred.pvalues <= (alpha - n * t2) / 64)
+    monkeypatch.setattr(seg, "tv_bound", lambda dim: alpha / n)  # nothing left: refused by name
+    with pytest.raises(ConfigError, match="tv_bound"):
+        seg.certify(x, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64)

@@ -49,6 +49,10 @@ _CERTIFY: dict[str, dict[str, Any]] = {
     "skip": {"min": 1},
     "max": {"min": 1},
     "progress": {"flag": "--quiet", "negate": True, "help": "no progress bar"},
+    "float_noise": {
+        "help": "draw floating-point noise instead of sound mode's noise on the scenes' 8-bit grid (the default; "
+        "docs/sound.md): certificates are then about fl(x + eps), which a model reading rounding can fool"
+    },
 }
 
 

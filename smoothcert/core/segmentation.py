@@ -8,6 +8,13 @@ test of ``H0_i: p_i <= tau`` (``p_i = P(f_i(x + eps) = c_i)``) rejects. Testing 
 pixels at once, the tests are corrected for multiplicity with Holm's step-down method, so the
 probability that *any* certified pixel is wrong stays ``<= alpha`` (family-wise error).
 
+Per-pixel PREDICT (:func:`predict_pixels`) uses Bonferroni's correction instead: its null
+hypotheses ("pixel ``i``'s top class is not its smoothed class") depend on the data, which Holm's
+theorem does not cover, while the union bound does.
+
+Sound mode (the noise drawn on the 8-bit grid): :func:`smoothcert.core.sound_level.level_after_tv`
+gives the level the procedure runs at under the ideal law, ``alpha - n * tv``.
+
 Derivation and the reasons for each choice: ``docs/tasks.md`` §1.
 """
 
@@ -20,16 +27,18 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
 
-from smoothcert.core import radii
+from smoothcert.core import radii, stats
 from smoothcert.core.checks import check_alpha, check_int
 from smoothcert.core.errors import ConfigError
 
 __all__ = [
     "CORRECTIONS",
     "binomial_sf_pvalues",
+    "bonferroni_reject",
     "certify_pixels",
     "check_tau",
     "holm_reject",
+    "predict_pixels",
     "segmentation_radius",
 ]
 
@@ -84,6 +93,43 @@ def holm_reject(pvalues: ArrayLike, alpha: float) -> NDArray[np.bool_]:
     return reject.reshape(p.shape)
 
 
+def bonferroni_reject(pvalues: ArrayLike, alpha: float) -> NDArray[np.bool_]:
+    """Bonferroni's correction: reject where ``p <= alpha / m`` (``m`` the number of p-values).
+
+    By the union bound, if each rejection of a wrong pixel has probability ``<= alpha / m`` on
+    its own, some wrong pixel is rejected with probability ``<= alpha``, whatever the dependence
+    and whichever pixels are wrong (a set that may depend on the data).
+    """
+    alpha = check_alpha(alpha)
+    p = np.asarray(pvalues, dtype=np.float64)
+    return np.asarray(p <= alpha / max(p.size, 1), dtype=bool)
+
+
+def predict_pixels(counts: ArrayLike, alpha: float) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.float64]]:
+    """Per-pixel PREDICT from votes ``counts`` of shape ``(..., m, K)`` (``m`` pixels, ``K`` classes).
+
+    Returns ``(top, decided, pvalues)`` shaped ``(..., m)``: each pixel's most frequent class, whether
+    it is returned (else the pixel abstains), and the two-sided binomial p-value of its top count
+    against the runner-up's (Cohen et al. 2019, Sec. 3.2.1). Pixels are decided at
+    ``p <= alpha / m`` (Bonferroni, per leading index): each pixel's PREDICT returns a class other
+    than its smoothed class with probability at most its level (Cohen et al., Prop. 1), so by the
+    union bound some returned pixel is wrong with probability ``<= alpha``. Holm's step-down is not
+    used: the set of pixels whose top class is wrong depends on the data (``docs/tasks.md`` §1).
+    """
+    alpha = check_alpha(alpha)
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim < 2 or c.shape[-1] < 2:
+        raise ValueError(f"counts must have shape (..., pixels, classes >= 2), got {c.shape}")
+    order = np.argsort(-c, axis=-1, kind="stable")
+    top, second = order[..., 0], order[..., 1]
+    n_top = np.take_along_axis(c, top[..., None], axis=-1)[..., 0]
+    n_second = np.take_along_axis(c, second[..., None], axis=-1)[..., 0]
+    flat = stats.predict_pvalue(n_top.reshape(-1), n_second.reshape(-1))
+    pvalues = np.atleast_1d(np.asarray(flat, dtype=np.float64)).reshape(top.shape)
+    decided = pvalues <= alpha / max(c.shape[-2], 1)
+    return top.astype(np.int64), decided, pvalues
+
+
 def certify_pixels(
     counts: ArrayLike, n: int, *, tau: float, alpha: float, correction: str = "holm"
 ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
@@ -100,8 +146,7 @@ def certify_pixels(
     pvalues = binomial_sf_pvalues(counts, n, tau)
     if correction == "holm":
         return holm_reject(pvalues, alpha), pvalues
-    m = max(pvalues.size, 1)
-    return pvalues <= alpha / m, pvalues
+    return bonferroni_reject(pvalues, alpha), pvalues
 
 
 def segmentation_radius(

@@ -8,6 +8,10 @@ against radius, either one row per log or the envelope over ``tau`` (at each rad
 log whose radius reaches it). Localization (Chiang et al. 2020, Sec. 5): per log (one radius)
 the fraction of images whose worst-case IoU with the ground truth (or with the clean
 prediction) is ``>= t``, and the mean certified interval width. Definitions: ``docs/tasks.md`` §7.
+
+Every summary carries ``mode``, the noise the log was certified with (``sound, grid 255`` or
+``float``, from its sidecar's identity; logs written before 0.3 have float noise), and
+:func:`markdown_table` always shows it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from smoothcert.core.errors import ResultFileError
-from smoothcert.io.logs import LOCALIZATION_COLUMNS, SEGMENTATION_COLUMNS, read_rows
+from smoothcert.io.logs import LOCALIZATION_COLUMNS, SEGMENTATION_COLUMNS, read_rows, read_sidecar
 
 __all__ = [
     "LocalizationLog",
@@ -29,6 +34,7 @@ __all__ = [
     "localization_summary",
     "markdown_table",
     "mean_iou",
+    "noise_mode",
     "plot_localization",
     "plot_segmentation",
     "read_localization",
@@ -53,6 +59,7 @@ class SegmentationLog:
     gt: NDArray[np.int64]
     pred: NDArray[np.int64]
     gt_certified: NDArray[np.int64]
+    mode: str = "float"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class LocalizationLog:
     iou_truth: NDArray[np.float64]
     est_iou_truth: NDArray[np.float64]
     time: NDArray[np.float64]
+    mode: str = "float"
 
 
 def _single(path: str | Path, name: str, values: NDArray[np.float64]) -> float:
@@ -77,6 +85,19 @@ def _single(path: str | Path, name: str, values: NDArray[np.float64]) -> float:
     if not np.all(values == values[0]):
         raise ResultFileError(f"{path} mixes several values of {name}: {sorted(set(values.tolist()))}")
     return float(values[0])
+
+
+def noise_mode(path: str | Path) -> str:
+    """The noise a dense-task log was certified with, from its sidecar: ``"sound, grid G"`` or ``"float"``
+    (also for a log whose identity records no ``sound``: written before 0.3, with float noise);
+    ``"unknown"`` without a sidecar."""
+    side = read_sidecar(path)
+    if side is None:
+        return "unknown"
+    identity = side.get("identity", {})
+    if identity.get("sound"):
+        return f"sound, grid {identity.get('grid')}"
+    return "float"
 
 
 def read_segmentation(path: str | Path) -> SegmentationLog:
@@ -102,6 +123,7 @@ def read_segmentation(path: str | Path) -> SegmentationLog:
         gt=counts("gt"),
         pred=counts("pred"),
         gt_certified=counts("gt_certified"),
+        mode=noise_mode(path),
     )
 
 
@@ -126,6 +148,7 @@ def read_localization(path: str | Path) -> LocalizationLog:
         iou_truth=floats("iou_truth"),
         est_iou_truth=floats("est_iou_truth"),
         time=floats("time"),
+        mode=noise_mode(path),
     )
 
 
@@ -137,8 +160,8 @@ def mean_iou(tp: NDArray[np.int64], truth: NDArray[np.int64], predicted: NDArray
     return float(np.mean(tp_s[present] / union[present])) if present.any() else float("nan")
 
 
-def segmentation_summary(log: SegmentationLog) -> dict[str, float]:
-    """One log's figures: tau, radius, certified pixel accuracy, abstain rate, mIoUs, time per image."""
+def segmentation_summary(log: SegmentationLog) -> dict[str, Any]:
+    """One log's figures: tau, radius, certified pixel accuracy, abstain rate, mIoUs, time per image, noise mode."""
     return {
         "tau": log.tau,
         "radius": log.radius,
@@ -149,14 +172,15 @@ def segmentation_summary(log: SegmentationLog) -> dict[str, float]:
         "miou_certified": mean_iou(log.tp, log.gt_certified, log.pred),
         "smoothed_accuracy": float(log.selected_correct.mean()),
         "time": float(log.time.mean()),
+        "mode": log.mode,
     }
 
 
-def segmentation_curve(logs: Sequence[SegmentationLog], radii: Sequence[float]) -> list[dict[str, float]]:
+def segmentation_curve(logs: Sequence[SegmentationLog], radii: Sequence[float]) -> list[dict[str, Any]]:
     """Envelope over tau: at each radius ``r`` the summary of the log with ``radius >= r`` and the
     highest certified accuracy (all zeros, abstain 1, where no log reaches ``r``)."""
     summaries = [segmentation_summary(log) for log in logs]
-    out = []
+    out: list[dict[str, Any]] = []
     for r in radii:
         reach = [s for s in summaries if s["radius"] >= r]
         if reach:
@@ -164,15 +188,23 @@ def segmentation_curve(logs: Sequence[SegmentationLog], radii: Sequence[float]) 
             out.append({**best, "radius": float(r), "log_radius": best["radius"]})
         else:
             out.append(
-                {"radius": float(r), "tau": float("nan"), "certified_accuracy": 0.0, "abstain": 1.0, "miou": 0.0}
+                {
+                    "radius": float(r),
+                    "tau": float("nan"),
+                    "certified_accuracy": 0.0,
+                    "abstain": 1.0,
+                    "miou": 0.0,
+                    "mode": ", ".join(sorted({s["mode"] for s in summaries})),
+                }
             )
     return out
 
 
-def localization_summary(log: LocalizationLog, thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, float]:
+def localization_summary(log: LocalizationLog, thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, Any]:
     """One log's figures: radius, certified IoU ``>= t`` with the truth and with the clean prediction,
-    the uncertified IoU ``>= t`` of the estimate, mean interval width (box units), time per image."""
-    out = {"radius": log.radius, "images": float(len(log.time))}
+    the uncertified IoU ``>= t`` of the estimate, mean interval width (box units), time per image,
+    noise mode."""
+    out: dict[str, Any] = {"radius": log.radius, "images": float(len(log.time))}
     for t in thresholds:
         out[f"certified_iou_truth>={t:g}"] = float(np.mean(log.iou_truth >= t))
         out[f"certified_iou_clean>={t:g}"] = float(np.mean(log.iou_clean >= t))
@@ -180,16 +212,23 @@ def localization_summary(log: LocalizationLog, thresholds: Sequence[float] = (0.
     width = log.upper - log.lower
     out["mean_width"] = float(np.mean(width)) if np.all(np.isfinite(width)) else float("inf")
     out["time"] = float(log.time.mean())
+    out["mode"] = log.mode
     return out
 
 
-def localization_curve(logs: Sequence[LocalizationLog], thresholds: Sequence[float] = (0.5,)) -> list[dict[str, float]]:
+def localization_curve(logs: Sequence[LocalizationLog], thresholds: Sequence[float] = (0.5,)) -> list[dict[str, Any]]:
     """:func:`localization_summary` of each log, sorted by radius."""
     return [localization_summary(log, thresholds) for log in sorted(logs, key=lambda g: g.radius)]
 
 
-def markdown_table(rows: Sequence[dict[str, float]], columns: Sequence[str], *, digits: int = 3) -> str:
-    """A Markdown table of ``rows`` with the given ``columns`` (numbers rounded to ``digits``)."""
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, digits: int = 3) -> str:
+    """A Markdown table of ``rows`` with the given ``columns`` (numbers rounded to ``digits``).
+
+    Rows that carry ``mode`` (the summaries above) get a ``mode`` column even where ``columns``
+    leaves it out, so that a table always says which noise its figures were certified with.
+    """
+    if any("mode" in r for r in rows) and "mode" not in columns:
+        columns = [*columns, "mode"]
 
     def fmt(v: object) -> str:
         return f"{v:.{digits}f}" if isinstance(v, float) else str(v)

@@ -17,6 +17,11 @@ order, on any machine.
   ``[0, 1]``: the tight box of the item's pixels, as pixel *edges* divided by the canvas size
   (``x0 = first column / 64``, ``x1 = (last column + 1) / 64``; ``x`` runs along columns).
 
+**On the 8-bit grid.** Every canvas is built as uint8 (pasted items keep Fashion-MNIST's uint8
+values; a resized item is rounded back to uint8 before it is pasted) and returned as
+``float32(k) / 255``, so every scene lies on the grid ``i / 255`` of sound mode (:data:`GRID`;
+``docs/sound.md``) with no further quantization: nothing composited off the grid.
+
 Details: ``docs/tasks.md`` §4.
 """
 
@@ -36,6 +41,7 @@ from smoothcert.io.data import load_dataset
 
 __all__ = [
     "CANVAS",
+    "GRID",
     "ITEM_THRESHOLD",
     "SCENES_NAME",
     "SCENE_TASKS",
@@ -48,6 +54,7 @@ __all__ = [
 SCENES_NAME = "fashion-mnist-scenes"
 SCENE_TASKS: tuple[str, ...] = ("segmentation", "localization")
 CANVAS = 64
+GRID = 255  # scenes are 8-bit images k / 255: sound mode's grid
 ITEM_THRESHOLD = 32  # uint8 intensity from which a pixel belongs to an item
 _SPLIT_CODE = {"train": 0, "test": 1}
 _DEFAULT_SIZE = {"train": 60_000, "test": 10_000}
@@ -163,7 +170,7 @@ class FashionScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         canvas, target, _ = self.scene(int(i))
-        x = torch.from_numpy(canvas.astype(np.float32) / 255.0)[None]
+        x = torch.from_numpy(canvas.astype(np.float32) / GRID)[None]
         return x, torch.from_numpy(target)
 
 

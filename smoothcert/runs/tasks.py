@@ -7,6 +7,10 @@ only on the settings and the index: a run can be interrupted and resumed without
 row (except its ``time``). Several thresholds ``taus`` (segmentation) or radii (localization)
 share one sampling run and write one log each (:func:`task_log_paths`); the ``time`` of each of
 those rows is the whole image's cost. Design notes: ``docs/tasks.md`` §6.
+
+Noise is drawn in sound mode on the scenes' 8-bit grid (``i / 255``) unless ``float_noise`` is set
+(``--float-noise``); the log's identity records ``sound`` and ``grid``, so a log is resumed only
+in the mode that wrote it (``docs/tasks.md`` §8).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from smoothcert.core import percentile as pct
 from smoothcert.core import segmentation as seg
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
-from smoothcert.core.errors import ConfigError
+from smoothcert.core.errors import ConfigError, ResultFileError
 from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
 from smoothcert.io.logs import (
     LOCALIZATION_COLUMNS,
@@ -31,9 +35,10 @@ from smoothcert.io.logs import (
     merge_parts,
     part_path,
     read_resumable,
+    read_sidecar,
     sidecar_path,
 )
-from smoothcert.io.scenes import SCENE_TASKS, SCENES_NAME, FashionScenes
+from smoothcert.io.scenes import GRID, SCENE_TASKS, SCENES_NAME, FashionScenes
 from smoothcert.models.dense import register_task_architectures
 from smoothcert.runs.certify import example_generator, select_indices
 from smoothcert.runtime.devices import resolve_device
@@ -52,6 +57,7 @@ class TaskRunConfig:
     """Settings of ``smoothcert certify --task segmentation|localization``.
 
     ``taus`` (segmentation) and ``radii`` (localization) may hold several values: one log each.
+    ``float_noise`` draws floating-point noise instead of sound mode's noise on the 8-bit grid.
     """
 
     task: str
@@ -76,6 +82,12 @@ class TaskRunConfig:
     threads: int | None = None
     overwrite: bool = False
     progress: bool = True
+    float_noise: bool = False
+
+    @property
+    def sound(self) -> bool:
+        """Sound mode (noise on the 8-bit grid): the default; ``--float-noise`` turns it off."""
+        return not self.float_noise
 
     def __post_init__(self) -> None:
         if self.task not in SCENE_TASKS:
@@ -146,6 +158,22 @@ def _load(config: TaskRunConfig, device: torch.device) -> tuple[torch.nn.Module,
     return model, meta
 
 
+def _legacy_identity(path: Path, identity: dict[str, Any], *, sound: bool) -> dict[str, Any]:
+    """The identity to resume ``path`` with: ``identity``, or for a log written before sound mode
+    (its identity records no ``sound``: smoothcert 0.2, float noise) the same without ``sound``/``grid``
+    in float mode; in sound mode such a log is refused, naming ``--float-noise``."""
+    old = (read_sidecar(path) or {}).get("identity") if path.exists() else None
+    if not isinstance(old, dict) or "sound" in old:
+        return identity
+    if sound:
+        raise ResultFileError(
+            f"{path} was written with floating-point noise before sound mode became the default "
+            "(its sidecar records no 'sound'); resume it with --float-noise, "
+            "or pass --overwrite to replace it, or choose another --out"
+        )
+    return {k: v for k, v in identity.items() if k not in ("sound", "grid")}
+
+
 def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[float, Path]:
     """Certify the selected scenes; returns the complete log of each tau or radius.
 
@@ -175,6 +203,8 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         "alpha": config.alpha,
         "seed": config.seed,
         "device_type": device.type,
+        "sound": config.sound,
+        "grid": GRID if config.sound else None,
     }
     if config.task == "segmentation":
         base["n0"] = config.n0
@@ -197,6 +227,8 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
     try:
         for value, path in paths.items():
             identity = {**base, key: value}
+            if not config.overwrite:
+                identity = _legacy_identity(path, identity, sound=config.sound)
             sidecar = {
                 "identity": identity,
                 "config": asdict(config),
@@ -219,6 +251,7 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         bar = progress(
             total=len(todo), desc=f"certify --task {config.task}", unit="img", enabled=config.progress and dist.is_main
         )
+        mode: dict[str, Any] = {"sound": config.sound, "grid": GRID if config.sound else None}
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(
@@ -229,9 +262,10 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
                 input_shape=shape,
                 output_shape=(shape[1] // factor, shape[2] // factor),
                 channels_last=True,
+                **mode,
             )
         else:
-            smoothed = SmoothedRegressor(model, sigma, device=device, input_shape=shape, channels_last=True)
+            smoothed = SmoothedRegressor(model, sigma, device=device, input_shape=shape, channels_last=True, **mode)
         for idx in todo:
             x, target = dataset[idx]
             gen = example_generator(config.seed, idx, device)

@@ -3,10 +3,16 @@
 Chiang et al. (NeurIPS 2020), "Detection as Regression: Certified Object Detection by Median
 Smoothing": the smoothed output is the ``p``-th percentile (the median by default) of the base
 model's output under Gaussian noise, and each output coordinate is certified to stay within an
-interval for every perturbation within a radius (:mod:`smoothcert.core.percentile`). For a box
-``(x0, y0, x1, y1)`` the four intervals bound every box the smoothed localizer can output under
-attack, and :func:`worst_case_iou` gives the smallest IoU of any such box with a reference box,
-computed exactly (``docs/tasks.md`` §3).
+interval for every perturbation within a radius (:mod:`smoothcert.core.percentile`). The
+intervals bound the *smoothed* output, the true ``p``-th percentile of the base model's output
+under noise at each perturbed input, not the estimate computed from a finite sample there. For a
+box ``(x0, y0, x1, y1)`` the four intervals bound the smoothed box at every input within the
+radius, and :func:`worst_case_iou` gives the smallest IoU of any box in the intervals with a
+reference box, computed exactly (``docs/tasks.md`` §3).
+
+**Sound mode** (``sound=True``; ``docs/tasks.md`` §8): the noise is drawn on the inputs' grid, on
+integers, and the order statistics are chosen at ``alpha - n * tv_bound`` (split over the outputs
+and the two sides), so the intervals hold at ``alpha`` under the sampler's law.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +30,9 @@ from numpy.typing import ArrayLike, NDArray
 from smoothcert.core import percentile as pct
 from smoothcert.core.checks import check_alpha, check_int
 from smoothcert.core.errors import ConfigError
+from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.engine import GeneratorArg, OutputSamples
+from smoothcert.smoothing.segmentation import sound_options
 from smoothcert.smoothing.smoothed import SmoothedModel
 
 __all__ = ["RegressionCertificate", "SmoothedRegressor", "box_iou", "worst_case_iou"]
@@ -41,10 +49,13 @@ class RegressionCertificate:
     """Percentile smoothing's certificate for one input; arrays have one entry per output dimension.
 
     With probability at least ``1 - alpha`` over the sampling, for every ``||delta|| <= radius``
-    (in ``norm``) and *every* dimension ``j`` at once: ``lower[j] <= q_p(x + delta)[j] <= upper[j]``.
+    (in ``norm``) and *every* dimension ``j`` at once: ``lower[j] <= q_p(x + delta)[j] <= upper[j]``,
+    where ``q_p`` is the smoothed output, the true ``p``-th percentile under the noise (not a
+    sample estimate of it).
 
     Attributes:
-        estimate: the sample ``percentile`` of each output at ``x`` (the smoothed prediction).
+        estimate: the sample ``percentile`` of each output at ``x`` (an estimate of the smoothed
+            prediction ``q_p(x)``, itself not certified to lie in the interval).
         lower, upper: the certified interval per dimension (``-inf`` / ``inf`` if ``n`` is too small).
         radius: the perturbation radius certified.
         percentile: ``p`` (``0.5``: median smoothing).
@@ -53,6 +64,9 @@ class RegressionCertificate:
         sigma: noise level.
         lower_index, upper_index: the 1-based order statistics behind ``lower`` and ``upper``.
         norm: the norm of ``radius``.
+        sound, grid: whether the noise was drawn on the grid ``i / grid`` (sound mode).
+        tv_bound: the sampler's residual total variation per noisy input (0 in float mode); the
+            order statistics were chosen at ``alpha - n * tv_bound``.
     """
 
     estimate: NDArray[np.float64]
@@ -66,6 +80,9 @@ class RegressionCertificate:
     lower_index: int
     upper_index: int
     norm: str = "l2"
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
     @property
     def width(self) -> NDArray[np.float64]:
@@ -79,7 +96,8 @@ class SmoothedRegressor(SmoothedModel):
     Only Gaussian noise is supported: the bound of Chiang et al. (Thm. 1) rests on the Gaussian
     Lipschitz property of ``Phi^-1`` of smoothed indicator functions. ``norm`` may be ``"l2"``,
     ``"l1"`` (an l1 ball lies in the l2 ball of the same radius) or ``"linf"`` (the l2 radius is
-    ``sqrt(d)`` times the linf one). Other arguments as in :class:`SmoothedModel`.
+    ``sqrt(d)`` times the linf one). ``sound`` and ``grid`` are passed to :class:`SmoothedModel` as
+    given (left out: its default). Other arguments as in :class:`SmoothedModel`.
     """
 
     def __init__(
@@ -93,6 +111,8 @@ class SmoothedRegressor(SmoothedModel):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = None,
+        sound: Any = None,
+        grid: int | None = None,
     ) -> None:
         super().__init__(
             base_model,
@@ -104,10 +124,12 @@ class SmoothedRegressor(SmoothedModel):
             autocast_dtype=autocast_dtype,
             channels_last=channels_last,
             pass_size=pass_size,
+            **sound_options(sound, grid),
         )
 
     def __repr__(self) -> str:
-        return f"SmoothedRegressor(sigma={self.sigma}, norm={self.norm!r}, device={self.device})"
+        mode = f", sound=True, grid={self.grid})" if self.grid else ")"
+        return f"SmoothedRegressor(sigma={self.sigma}, norm={self.norm!r}, device={self.device}" + mode
 
     def samples(
         self, x: torch.Tensor, *, n: int, batch_size: int, generator: GeneratorArg = None
@@ -137,7 +159,9 @@ class SmoothedRegressor(SmoothedModel):
         """Estimate and certified interval of the smoothed ``percentile`` per output dimension.
 
         ``alpha`` is the failure probability of all ``D`` intervals together: each dimension's
-        two bounds use ``alpha / (2 D)`` (Bonferroni), so a box's four intervals hold jointly.
+        two bounds use ``alpha / (2 D)`` (Bonferroni), so a box's four intervals hold jointly; in
+        sound mode ``(alpha - n * tv_bound) / (2 D)``. The intervals bound the smoothed output (the
+        true percentile under the noise) at every input within ``radius``, not a sample estimate.
         """
         return self.certify_radii(
             x, n=n, alpha=alpha, radii=[radius], percentile=percentile, batch_size=batch_size, generator=generator
@@ -162,10 +186,12 @@ class SmoothedRegressor(SmoothedModel):
         if y.ndim != 2 or y.shape[1] == 0:
             raise ConfigError(f"the base model must return outputs of shape (batch, D), got samples {y.shape}")
         dim = int(x.numel())
+        tv = self.tv_bound(dim)
+        level = level_after_tv(alpha, n=len(y), tv_bound=tv)  # the whole event: docs/tasks.md §8
         out = []
         for r in rs:
             b = pct.percentile_bounds(
-                y, radius=self._l2_radius(r, dim), sigma=self.sigma, alpha=alpha / y.shape[1], percentile=p
+                y, radius=self._l2_radius(r, dim), sigma=self.sigma, alpha=level / y.shape[1], percentile=p
             )
             out.append(
                 RegressionCertificate(
@@ -180,6 +206,9 @@ class SmoothedRegressor(SmoothedModel):
                     lower_index=b.lower_index,
                     upper_index=b.upper_index,
                     norm=self.norm,
+                    sound=self.grid is not None,
+                    grid=self.grid,
+                    tv_bound=tv,
                 )
             )
         return out

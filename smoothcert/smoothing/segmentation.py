@@ -5,29 +5,46 @@ draws; count, in ``n`` fresh draws, how often each pixel takes its guess; test `
 per pixel with the exact binomial test; correct for multiplicity with Holm's method. Certified
 pixels keep their class and every one of them is robust at the common radius ``R = sigma
 Phi^-1(tau)`` (other noises and norms: :func:`smoothcert.core.segmentation.segmentation_radius`);
-the others abstain. The statistics are in :mod:`smoothcert.core.segmentation`; the sampling is
-the one engine's :class:`~smoothcert.smoothing.engine.PixelVotes` reduction.
+the others abstain. Per-pixel PREDICT is corrected with Bonferroni's method (``docs/tasks.md`` §1).
+The statistics are in :mod:`smoothcert.core.segmentation`; the sampling is the one engine's
+:class:`~smoothcert.smoothing.engine.PixelVotes` reduction.
+
+**Sound mode** (``sound=True``, ``docs/sound.md``, ``docs/tasks.md`` §8): the noise is drawn on the
+inputs' grid, on integers; each test then runs at ``alpha - n * tv_bound`` under the ideal law
+(:func:`smoothcert.core.sound_level.level_after_tv`), so the certificate holds at ``alpha`` under
+the sampler's law, for every input on the grid within the radius.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from smoothcert.core import segmentation as seg
-from smoothcert.core import stats
 from smoothcert.core.checks import check_alpha, check_int
+from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.certificates import ABSTAIN
 from smoothcert.smoothing.engine import GeneratorArg, PixelVotes
 from smoothcert.smoothing.noises import Noise
 from smoothcert.smoothing.smoothed import SmoothedModel
 
-__all__ = ["ABSTAIN", "SegmentationCertificate", "SegmentationPrediction", "SmoothedSegmenter"]
+__all__ = ["ABSTAIN", "SegmentationCertificate", "SegmentationPrediction", "SmoothedSegmenter", "sound_options"]
+
+
+def sound_options(sound: Any, grid: int | None) -> dict[str, Any]:
+    """The ``sound=`` / ``grid=`` keywords to pass on to :class:`SmoothedModel`: those given (not None),
+    so that a dense model left without them gets :class:`SmoothedModel`'s own default."""
+    out: dict[str, Any] = {}
+    if sound is not None:
+        out["sound"] = sound
+    if grid is not None:
+        out["grid"] = grid
+    return out
 
 
 def _frozen(a: NDArray[np.generic]) -> NDArray[np.generic]:
@@ -52,6 +69,9 @@ class SegmentationCertificate:
         tau: the per-pixel probability threshold.
         abstain_fraction: fraction of pixels that abstain.
         n, n0, alpha, sigma, norm, noise: the settings.
+        sound, grid: whether the noise was drawn on the grid ``i / grid`` (sound mode).
+        tv_bound: the sampler's residual total variation per noisy input (0 in float mode); Holm's
+            procedure ran at ``alpha - n * tv_bound``.
     """
 
     labels: NDArray[np.int64]
@@ -67,6 +87,9 @@ class SegmentationCertificate:
     sigma: float
     norm: str = "l2"
     noise: str = "gaussian"
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,18 +97,26 @@ class SegmentationPrediction:
     """Result of segmentation PREDICT for one input.
 
     With probability at least ``1 - alpha``, every pixel with ``labels[i] != ABSTAIN`` has
-    ``labels[i] = g_i(x)`` (per-pixel PREDICT of Cohen et al. 2019, Sec. 3.2.1, Holm-corrected).
+    ``labels[i] = g_i(x)`` (per-pixel PREDICT of Cohen et al. 2019, Sec. 3.2.1, with Bonferroni's
+    correction over the pixels: each at level ``alpha / m``; ``docs/tasks.md`` §1).
 
     Attributes:
         labels: ``(H, W)`` int64 predicted classes, ``ABSTAIN`` where the test did not decide.
         abstain_fraction: fraction of pixels that abstain.
         n, alpha: the settings.
+        pvalues: ``(H, W)`` two-sided p-values of each pixel's top class against its runner-up.
+        sound, grid, tv_bound: as in :class:`SegmentationCertificate`; the pixels were tested at
+            ``(alpha - n * tv_bound) / m``.
     """
 
     labels: NDArray[np.int64]
     abstain_fraction: float
     n: int
     alpha: float
+    pvalues: NDArray[np.float64] | None = None
+    sound: bool = False
+    grid: int | None = None
+    tv_bound: float = 0.0
 
 
 class SmoothedSegmenter(SmoothedModel):
@@ -98,6 +129,8 @@ class SmoothedSegmenter(SmoothedModel):
             as in :class:`smoothcert.smoothing.smoothed.SmoothedModel`.
         output_shape: ``(H, W)`` of the model's score maps; by default the input's last two
             dimensions (fully-convolutional models at the input's resolution).
+        sound, grid: sound mode and its grid, passed to :class:`SmoothedModel` as given (left
+            out: :class:`SmoothedModel`'s default).
     """
 
     def __init__(
@@ -114,6 +147,8 @@ class SmoothedSegmenter(SmoothedModel):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = None,
+        sound: Any = None,
+        grid: int | None = None,
     ) -> None:
         super().__init__(
             base_model,
@@ -125,6 +160,7 @@ class SmoothedSegmenter(SmoothedModel):
             autocast_dtype=autocast_dtype,
             channels_last=channels_last,
             pass_size=pass_size,
+            **sound_options(sound, grid),
         )
         self.num_classes = check_int("num_classes", num_classes, 2)
         self.output_shape = tuple(int(d) for d in output_shape) if output_shape is not None else None
@@ -132,7 +168,7 @@ class SmoothedSegmenter(SmoothedModel):
     def __repr__(self) -> str:
         return (
             f"SmoothedSegmenter(num_classes={self.num_classes}, sigma={self.sigma}, noise={self.noise.name!r}, "
-            f"norm={self.norm!r}, device={self.device})"
+            f"norm={self.norm!r}, device={self.device}" + (f", sound=True, grid={self.grid})" if self.grid else ")")
         )
 
     def pixel_counts(
@@ -253,6 +289,10 @@ class SmoothedSegmenter(SmoothedModel):
             xs, PixelVotes(self.num_classes), n=n, batch_size=batch_size, generator=generator
         )
         shape = self._shape(xs, selection.shape[1])
+        tv = self.tv_bound(dim)
+        # the selection is independent of the estimation draws: given it, only the n estimation
+        # draws move the error probability, by at most n * tv (docs/tasks.md §8)
+        level = level_after_tv(alpha, n=n, tv_bound=tv)
         selected = selection.argmax(axis=2)
         counts = np.take_along_axis(estimation, selected[:, :, None], axis=2)[:, :, 0]
         out: list[list[SegmentationCertificate]] = []
@@ -260,7 +300,7 @@ class SmoothedSegmenter(SmoothedModel):
             radius = seg.segmentation_radius(tau, sigma=self.sigma, noise=self.noise.name, norm=self.norm, dim=dim)
             row = []
             for i in range(len(xs)):
-                certified, pvalues = seg.certify_pixels(counts[i], n, tau=tau, alpha=alpha, correction=correction)
+                certified, pvalues = seg.certify_pixels(counts[i], n, tau=tau, alpha=level, correction=correction)
                 labels = np.where(certified, selected[i], ABSTAIN).astype(np.int64)
                 row.append(
                     SegmentationCertificate(
@@ -277,6 +317,9 @@ class SmoothedSegmenter(SmoothedModel):
                         sigma=self.sigma,
                         norm=self.norm,
                         noise=self.noise.name,
+                        sound=self.grid is not None,
+                        grid=self.grid,
+                        tv_bound=tv,
                     )
                 )
             out.append(row)
@@ -288,24 +331,27 @@ class SmoothedSegmenter(SmoothedModel):
         self, x: torch.Tensor, *, n: int, alpha: float, batch_size: int, generator: GeneratorArg = None
     ) -> SegmentationPrediction:
         """Per-pixel PREDICT: each pixel's top class where it beats the runner-up (two-sided
-        binomial test, Cohen et al. 2019, Sec. 3.2.1), Holm-corrected over the pixels, so that with
-        probability ``>= 1 - alpha`` no returned pixel label differs from ``g_i(x)``."""
+        binomial test, Cohen et al. 2019, Sec. 3.2.1) at level ``alpha / m`` over the ``m`` pixels
+        (Bonferroni), so that with probability ``>= 1 - alpha`` no returned pixel label differs from
+        ``g_i(x)``. In sound mode the level is ``(alpha - n * tv_bound) / m``."""
         alpha = check_alpha(alpha)
         n = check_int("n", n)
         xs = self._prepare(x, batch=False)
+        tv = self.tv_bound(int(xs[0].numel()))
+        level = level_after_tv(alpha, n=n, tv_bound=tv)
         counts: NDArray[np.int64] = self.run_engine(
             xs, PixelVotes(self.num_classes), n=n, batch_size=check_int("batch_size", batch_size), generator=generator
         )
-        c = counts[0]
-        order = np.argsort(-c, axis=1, kind="stable")
-        top, second = order[:, 0], order[:, 1]
-        rows = np.arange(len(c))
-        pvalues = np.atleast_1d(stats.predict_pvalue(c[rows, top], c[rows, second]))
-        keep = seg.holm_reject(pvalues, alpha)
+        top, keep, pvalues = seg.predict_pixels(counts[0], level)
+        shape = self._shape(xs, len(top))
         labels = np.where(keep, top, ABSTAIN).astype(np.int64)
         return SegmentationPrediction(
-            labels=_frozen(labels.reshape(self._shape(xs, len(c)))),  # type: ignore[arg-type]
+            labels=_frozen(labels.reshape(shape)),  # type: ignore[arg-type]
             abstain_fraction=float(1.0 - keep.mean()),
             n=n,
             alpha=alpha,
+            pvalues=_frozen(pvalues.reshape(shape)),  # type: ignore[arg-type]
+            sound=self.grid is not None,
+            grid=self.grid,
+            tv_bound=tv,
         )
