@@ -183,8 +183,9 @@ def certify_sequential(
 
         return radius_of
 
-    def radius_plain(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        return smoothed.radius_of(np.maximum(np.asarray(p, dtype=np.float64) - float(tv.max(initial=0.0)), 0.0), dim=dim)
+    def radius_plain(p: NDArray[np.float64]) -> NDArray[np.float64]:  # for the tolerance: no offset
+        moved = np.maximum(np.asarray(p, dtype=np.float64) - float(tv.max(initial=0.0)), 0.0)
+        return smoothed.radius_of(moved, dim=dim)
 
     tol = settings.tolerance(schedule, radius_plain)
 

@@ -292,8 +292,8 @@ class SmoothedClassifier(SmoothedModel):
         if xs is None:
             if self.sound is not False:
                 raise ConfigError(
-                    f"certificates_from_counts needs xs= (the inputs the votes were drawn at) with sound={self.sound!r}: "
-                    "each input's mode and grid offset depend on it"
+                    f"certificates_from_counts needs xs= (the inputs the votes were drawn at) with "
+                    f"sound={self.sound!r}: each input's mode and grid offset depend on it"
                 )
             if dim is None:
                 raise ConfigError("certificates_from_counts needs dim= (the input's number of coordinates) or xs=")

@@ -22,17 +22,18 @@ input of a batch, with its tolerance offset ``||x - round_q(x)||`` (the certific
 
 **Batch independence.** Every certificate assumes that the base model's output for one noisy input
 does not depend on the other inputs of its forward pass. A ``torch.nn.Module`` base model is put
-in eval mode for every sampling call (and the probe's passes) and its previous mode restored
-afterwards, also on an exception, so BatchNorm and Dropout do not break it; a base model that is
-not a Module but calls one must see to this itself.
+in eval mode for every sampling call (and the probe's passes) and every submodule's previous mode
+restored afterwards, also on an exception (:func:`eval_mode`), so BatchNorm and Dropout do not
+break it; a base model that is not a Module but calls one must see to this itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,14 +44,13 @@ from numpy.typing import NDArray
 from smoothcert.core import lattice
 from smoothcert.core.checks import check_int, check_sigma
 from smoothcert.core.errors import ConfigError
-from smoothcert.runtime.devices import eval_mode
 from smoothcert.runtime.perf import PassSizeProbe, probe_pass_size, tune_malloc
 from smoothcert.smoothing.certificates import SmoothingWarning
 from smoothcert.smoothing.engine import GeneratorArg, Reduction, run_samples
 from smoothcert.smoothing.noises import Noise, make_noise
 from smoothcert.smoothing.sound import GridNoise
 
-__all__ = ["DEFAULT_GRID", "InputModes", "SmoothedModel", "SoundArg", "grid_offsets"]
+__all__ = ["DEFAULT_GRID", "InputModes", "SmoothedModel", "SoundArg", "eval_mode", "grid_offsets"]
 
 SoundArg = bool | Literal["auto"]
 DEFAULT_GRID = 255
@@ -77,6 +77,25 @@ def _model_device(model: Callable[..., object]) -> torch.device | None:
         for b in model.buffers():
             return b.device
     return None
+
+
+@contextlib.contextmanager
+def eval_mode(model: Callable[..., Any]) -> Iterator[None]:
+    """Run a ``torch.nn.Module`` in eval mode, then restore every submodule's own mode (also on an exception).
+
+    Unlike ``model.train(previous)``, this keeps a submodule that was in another mode than its
+    parent (a frozen BatchNorm inside a model in training mode) as it was.
+    """
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _rows64(xs: torch.Tensor) -> NDArray[np.float64]:
@@ -259,7 +278,9 @@ class SmoothedModel:
         if grid is not None and sound is False:
             raise ConfigError(f"grid={grid!r} applies only to sound mode: pass sound=True or sound='auto' as well")
         self.sound: SoundArg = sound
-        self.grid: int | None = None if sound is False else (DEFAULT_GRID if grid is None else check_int("grid", grid, 2))
+        self.grid: int | None = None
+        if sound is not False:
+            self.grid = DEFAULT_GRID if grid is None else check_int("grid", grid, 2)
         self.grid_sampler: GridNoise | None = GridNoise(self.noise, self.grid) if self.grid is not None else None
         self.device = torch.device(device) if device is not None else _model_device(base_model)
         if device is not None and isinstance(base_model, torch.nn.Module):
@@ -323,7 +344,8 @@ class SmoothedModel:
         offset = np.zeros(k)
         if rows.any():
             assert self.grid is not None
-            offset[rows] = grid_offsets(xs[torch.as_tensor(np.flatnonzero(rows), device=xs.device)], self.grid, self.norm)
+            on = xs[torch.as_tensor(np.flatnonzero(rows), device=xs.device)]
+            offset[rows] = grid_offsets(on, self.grid, self.norm)
         return InputModes(sound=rows, grid=self.grid, tv_bound=tv, offset=offset)
 
     def _warn_off_grid(self, xs: torch.Tensor, rows: NDArray[np.bool_]) -> None:
@@ -415,15 +437,16 @@ class SmoothedModel:
             lattice.check_grid(x.detach().to("cpu", torch.float64).numpy(), self.grid, name=name)
 
     def _probe(self, input_shape: tuple[int, ...], device: torch.device, batch_size: int) -> PassSizeProbe:
-        self.last_probe = probe_pass_size(
-            self.base_model,
-            input_shape,
-            device=device,
-            max_size=batch_size,
-            channels_last=self.channels_last,
-            autocast_dtype=self.autocast_dtype,
-            grid=self.grid,
-        )
+        with eval_mode(self.base_model):
+            self.last_probe = probe_pass_size(
+                self.base_model,
+                input_shape,
+                device=device,
+                max_size=batch_size,
+                channels_last=self.channels_last,
+                autocast_dtype=self.autocast_dtype,
+                grid=self.grid,
+            )
         return self.last_probe
 
     def probe_pass_size(self, *, batch_size: int, input_shape: Sequence[int] | None = None) -> PassSizeProbe | None:
