@@ -259,3 +259,28 @@ def test_grid_offsets_are_zero_for_stored_grid_points_and_bound_the_distance_oth
         float(np.abs(x64[0].numpy() - np.rint(x64[0].numpy() * Q) / Q).max()),
         rel_tol=1e-9,
     )
+
+
+def test_split_batches_merge_every_reduction_in_input_order():
+    # the dense tasks' reductions go through the same split: per-pixel votes and raw outputs
+    from smoothcert.smoothing.engine import OutputSamples, PixelVotes
+    from smoothcert.smoothing.smoothed import SmoothedModel
+
+    def segmenter(z: torch.Tensor) -> torch.Tensor:  # 3 classes per pixel from the pixel's value
+        return torch.cat([-z, z - 0.5, 0.2 * torch.ones_like(z)], dim=1)
+
+    xs = torch.stack([grid_input(seed=0), grid_input(seed=1) + 0.3 / Q, grid_input(seed=2)])
+    mixed = SmoothedModel(segmenter, 0.25, pass_size=None)
+    with pytest.warns(SmoothingWarning):
+        votes = mixed.run_engine(xs, PixelVotes(3), n=40, batch_size=64, generator=[gen(i) for i in range(3)])
+        outs = mixed.run_engine(xs, OutputSamples(), n=[5, 6, 7], batch_size=64, generator=[gen(i) for i in range(3)])
+    assert votes.shape == (3, 16, 3) and [len(o) for o in outs] == [5, 6, 7]
+    for i in range(3):
+        alone = SmoothedModel(segmenter, 0.25, sound=i != 1, pass_size=None)
+        v = alone.run_engine(xs[i : i + 1], PixelVotes(3), n=40, batch_size=64, generator=[gen(i)])
+        o = alone.run_engine(xs[i : i + 1], OutputSamples(), n=5 + i, batch_size=64, generator=[gen(i)])
+        assert np.array_equal(votes[i], v[0]) and np.array_equal(outs[i], o[0])
+    # control: swapping two rows' modes changes their votes, so the comparison above can fail
+    swapped = SmoothedModel(segmenter, 0.25, sound=False, pass_size=None)
+    v0 = swapped.run_engine(xs[:1], PixelVotes(3), n=40, batch_size=64, generator=[gen(0)])
+    assert not np.array_equal(votes[0], v0[0])
