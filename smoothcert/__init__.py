@@ -29,10 +29,14 @@ __all__ = [
     "ABSTAIN",
     "AdaptiveCertificate",
     "Certificate",
+    "Ensemble",
     "Prediction",
     "SmoothedClassifier",
+    "SmoothedRegressor",
+    "SmoothedSegmenter",
     "SmoothingWarning",
     "__version__",
+    "lift",
     "sample_counts",
     "stats",
 ]
@@ -44,11 +48,16 @@ _LAZY = {
     "Prediction": "smoothcert.smoothing.certificates",
     "SmoothingWarning": "smoothcert.smoothing.certificates",
     "SmoothedClassifier": "smoothcert.smoothing.classifier",
+    "SmoothedRegressor": "smoothcert.smoothing.regression",
+    "SmoothedSegmenter": "smoothcert.smoothing.segmentation",
+    "lift": "smoothcert.smoothing.lifting",
+    "Ensemble": "smoothcert.models.ensemble",
     "sample_counts": "smoothcert.smoothing.engine",
 }
 
 if TYPE_CHECKING:
     from smoothcert.core import stats
+    from smoothcert.models.ensemble import Ensemble
     from smoothcert.smoothing.certificates import (
         ABSTAIN,
         AdaptiveCertificate,
@@ -58,6 +67,9 @@ if TYPE_CHECKING:
     )
     from smoothcert.smoothing.classifier import SmoothedClassifier
     from smoothcert.smoothing.engine import sample_counts
+    from smoothcert.smoothing.lifting import lift
+    from smoothcert.smoothing.regression import SmoothedRegressor
+    from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
 _legacy.install()
 

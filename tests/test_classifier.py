@@ -40,7 +40,7 @@ def test_monte_carlo_radius_exceeds_true_distance_at_most_alpha_of_the_time(line
     sigma, alpha, runs = 0.5, 0.1, 4000
     x = torch.tensor([0.2, 0.05])  # w.x + b = 0.9, distance 0.18, pA = Phi(0.36) ~= 0.64
     d, c = linear_model.distance(x), linear_model.label(x)
-    sc = SmoothedClassifier(linear_model, 2, sigma)
+    sc = SmoothedClassifier(linear_model, 2, sigma, sound=False)
     certs = sc.certify_batch(
         x.repeat(runs, 1), n0=20, n=100, alpha=alpha, batch_size=10_000, generator=torch.Generator().manual_seed(0)
     )
@@ -56,7 +56,7 @@ def test_radius_approaches_distance_as_n_grows(linear_model):
     sigma = 1.0
     x = torch.tensor([1.0, 0.0])  # distance 0.7, pA = Phi(0.7) ~= 0.758
     d = linear_model.distance(x)
-    sc = SmoothedClassifier(linear_model, 2, sigma)
+    sc = SmoothedClassifier(linear_model, 2, sigma, sound=False)
     radii = []
     for n in [1_000, 10_000, 100_000]:
         certs = sc.certify_batch(
@@ -75,7 +75,7 @@ def test_radius_approaches_distance_as_n_grows(linear_model):
 def test_certify_p_lower_exceeds_true_pa_at_most_alpha_of_the_time():
     # three classes with exact probabilities: pA = 0.6 is the true top-class probability
     probs, sigma, alpha, runs = [0.6, 0.3, 0.1], 1.0, 0.1, 4000
-    sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma)
+    sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma, sound=False)
     certs = sc.certify_batch(
         torch.zeros(runs, 2), n0=10, n=100, alpha=alpha, batch_size=8192, generator=torch.Generator().manual_seed(1)
     )
@@ -88,7 +88,7 @@ def test_certify_p_lower_exceeds_true_pa_at_most_alpha_of_the_time():
 def test_predict_returns_wrong_class_at_most_alpha_of_the_time():
     # g(x) = 0 with pA = 0.40 barely above pB = 0.37: the hardest case for PREDICT
     probs, sigma, alpha, runs = [0.40, 0.37, 0.23], 1.0, 0.1, 4000
-    sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma)
+    sc = SmoothedClassifier(ThresholdClasses(probs, sigma), 3, sigma, sound=False)
     preds = sc.predict_batch(
         torch.zeros(runs, 2), n=300, alpha=alpha, batch_size=8192, generator=torch.Generator().manual_seed(2)
     )
@@ -115,7 +115,7 @@ class _InputRecorder(torch.nn.Module):
 def _fresh_draws_check(reuse: bool) -> tuple[int, int, int]:
     """Run CERTIFY on a recording model; returns (selection rows, estimation rows, rows shared by both)."""
     rec = _InputRecorder()
-    sc = SmoothedClassifier(rec, 2, 0.5, pass_size=None)  # no pass-size probe: the recorder sees CERTIFY's draws only
+    sc = SmoothedClassifier(rec, 2, 0.5, pass_size=None, sound=False)  # no pass-size probe: the recorder sees CERTIFY's draws only
     if reuse:  # planted bug: estimation re-runs the selection's generator state, i.e. reuses its noise
         original = sc._counts
 
@@ -157,12 +157,12 @@ def test_explicit_device_moves_the_model():
             moved.append(torch.device(args[0]))
             return super().to(*args, **kwargs)
 
-    SmoothedClassifier(Spy(2, 2), 2, 0.5, device="cpu")
+    SmoothedClassifier(Spy(2, 2), 2, 0.5, device="cpu", sound=False)
     assert moved == [torch.device("cpu")]
 
 
 def test_certificate_fields(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = torch.tensor([1.0, 0.0])  # distance 0.7, far from the boundary
     ct = sc.certify(x, n0=100, n=1000, alpha=0.001, batch_size=512, generator=torch.Generator().manual_seed(0))
     assert isinstance(ct, Certificate) and not ct.abstained
@@ -175,7 +175,7 @@ def test_certificate_fields(linear_model):
 
 
 def test_abstains_on_the_boundary(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = torch.tensor([-0.1, 0.0])  # w.x + b = 0.2: close to the boundary, pA ~ 0.53
     ct = sc.certify(x, n0=100, n=200, alpha=0.001, batch_size=512, generator=torch.Generator().manual_seed(0))
     assert ct.abstained and ct.label == ABSTAIN and ct.radius == 0.0 and ct.p_lower <= 0.5
@@ -185,7 +185,7 @@ def test_abstains_on_the_boundary(linear_model):
 
 
 def test_same_seed_same_results_and_batch_equals_single(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     xs = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
 
     def gens():
@@ -201,12 +201,12 @@ def test_same_seed_same_results_and_batch_equals_single(linear_model):
 
 def test_restores_train_mode(linear_model):
     linear_model.train()
-    SmoothedClassifier(linear_model, 2, 0.5).predict(torch.zeros(2), n=20, alpha=0.1, batch_size=8)
+    SmoothedClassifier(linear_model, 2, 0.5, sound=False).predict(torch.zeros(2), n=20, alpha=0.1, batch_size=8)
     assert linear_model.training
 
 
 def test_warns_once_when_n_can_never_answer(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     with pytest.warns(SmoothingWarning, match="needs n >= 11"):
         assert sc.predict(torch.ones(2), n=10, alpha=0.001, batch_size=8).abstained
     with pytest.warns(SmoothingWarning, match="needs n >= 10"):
@@ -219,11 +219,11 @@ def test_warns_once_when_n_can_never_answer(linear_model):
 def test_warnings_are_per_instance_so_test_order_does_not_matter(linear_model):
     # the same (n, alpha) as above: with a module-global registry this instance would stay silent
     # whenever test_warns_once_when_n_can_never_answer ran first
-    first = SmoothedClassifier(linear_model, 2, 0.5)
+    first = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     with pytest.warns(SmoothingWarning, match="needs n >= 11"):
         first.predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)
     with pytest.warns(SmoothingWarning, match="needs n >= 11"):
-        SmoothedClassifier(linear_model, 2, 0.5).predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)
+        SmoothedClassifier(linear_model, 2, 0.5, sound=False).predict(torch.ones(2), n=10, alpha=0.001, batch_size=8)
 
 
 # ------------------------------------------------------------------ bad input
@@ -237,10 +237,10 @@ class Wide(torch.nn.Module):
 @pytest.mark.parametrize(
     ("build", "call", "exc", "fragment"),
     [
-        (lambda m: SmoothedClassifier(m, 2, -0.5), None, ValueError, "sigma must be > 0 and finite, got -0.5"),
-        (lambda m: SmoothedClassifier(m, 2, float("nan")), None, ValueError, "sigma must be > 0 and finite, got nan"),
-        (lambda m: SmoothedClassifier(m, 1, 0.5), None, ValueError, "num_classes must be >= 2, got 1"),
-        (lambda m: SmoothedClassifier("model", 2, 0.5), None, TypeError, "base_classifier must be callable"),
+        (lambda m: SmoothedClassifier(m, 2, -0.5, sound=False), None, ValueError, "sigma must be > 0 and finite, got -0.5"),
+        (lambda m: SmoothedClassifier(m, 2, float("nan"), sound=False), None, ValueError, "sigma must be > 0 and finite, got nan"),
+        (lambda m: SmoothedClassifier(m, 1, 0.5, sound=False), None, ValueError, "num_classes must be >= 2, got 1"),
+        (lambda m: SmoothedClassifier("model", 2, 0.5, sound=False), None, TypeError, "base_classifier must be callable"),
         (
             None,
             lambda sc, x: sc.certify(x, n0=10, n=100, alpha=0.0, batch_size=8),
@@ -295,7 +295,7 @@ class Wide(torch.nn.Module):
 )
 def test_bad_input_names_argument_and_value(linear_model, build, call, exc, fragment):
     with pytest.raises(exc) as info:
-        sc = (build or (lambda m: SmoothedClassifier(m, 2, 0.5, input_shape=(2,))))(linear_model)
+        sc = (build or (lambda m: SmoothedClassifier(m, 2, 0.5, input_shape=(2,), sound=False)))(linear_model)
         if call is not None:
             call(sc, torch.tensor([0.5, 0.5]))
     assert fragment in str(info.value)
@@ -303,11 +303,11 @@ def test_bad_input_names_argument_and_value(linear_model, build, call, exc, frag
 
 def test_scalar_input_has_wrong_rank(linear_model):
     with pytest.raises(ValueError, match="wrong rank"):
-        SmoothedClassifier(linear_model, 2, 0.5).certify(torch.tensor(1.0), n0=10, n=100, alpha=0.1, batch_size=8)
+        SmoothedClassifier(linear_model, 2, 0.5, sound=False).certify(torch.tensor(1.0), n0=10, n=100, alpha=0.1, batch_size=8)
 
 
 def test_model_output_width_must_match_num_classes():
-    sc = SmoothedClassifier(Wide(), 10, 0.5)
+    sc = SmoothedClassifier(Wide(), 10, 0.5, sound=False)
     with pytest.raises(ValueError, match=r"num_classes=10.*got shape \(\d+, 7\)"):
         sc.certify(torch.zeros(3), n0=10, n=100, alpha=0.1, batch_size=8)
 
@@ -341,7 +341,7 @@ def _naive(monkeypatch):
 
 def _false_certificates(linear_model, mode: str, runs: int) -> int:
     sigma, d, alpha = 0.5, 0.5, 0.05  # pA = Phi(1) = 0.841
-    sc = SmoothedClassifier(linear_model, 2, sigma)
+    sc = SmoothedClassifier(linear_model, 2, sigma, sound=False)
     gens = [torch.Generator().manual_seed(50_000 + i) for i in range(runs)]
     kw = {"radius": d} if mode == "decision" else {"radius_tol": 0.0}
     certs = sc.certify_adaptive_batch(
@@ -370,7 +370,7 @@ def test_adaptive_validity_test_catches_naive_peeking(linear_model, monkeypatch,
 
 
 def test_adaptive_pa_one_certified_at_the_first_stage(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = _at_distance(20.0, 1)[0]  # pA = 1 to double precision
     c = sc.certify_adaptive(x, radius=0.5, alpha=0.001, n0=100, n_max=100_000, batch_size=1000,
                             generator=torch.Generator().manual_seed(0))
@@ -383,7 +383,7 @@ def test_adaptive_pa_one_certified_at_the_first_stage(linear_model):
 
 
 def test_adaptive_max_radius_stops_at_cap_and_matches_fixed_n_without_early_stop(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = _at_distance(20.0, 1)[0]
     capped = sc.certify_adaptive(x, alpha=0.001, n_max=100_000, batch_size=1000, radius_cap=0.5, label=1,
                                  generator=torch.Generator().manual_seed(0))
@@ -395,7 +395,7 @@ def test_adaptive_max_radius_stops_at_cap_and_matches_fixed_n_without_early_stop
 
 
 def test_adaptive_results_ignore_grouping(linear_model):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     xs = torch.stack([_at_distance(d, 1)[0] for d in (0.05, 0.3, 0.6, 1.2, -0.2)])
 
     def gens():
@@ -422,7 +422,7 @@ def test_adaptive_results_ignore_grouping(linear_model):
     ],
 )
 def test_adaptive_validates_arguments(linear_model, kwargs, exc, fragment):
-    sc = SmoothedClassifier(linear_model, 2, 0.5)
+    sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     args = {"alpha": 0.01, "n_max": 100, "batch_size": 100} | kwargs
     with pytest.raises(exc) as info:
         sc.certify_adaptive(torch.zeros(2), **args)
@@ -446,7 +446,7 @@ class _FirstCoordinate(torch.nn.Module):
 
 
 def _false_rate(noise: str, norm: str, d: float, inflate: float = 1.0, runs: int = 2000) -> int:
-    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=noise, norm=norm)
+    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=noise, norm=norm, sound=False)
     xs = torch.zeros(runs, 4)
     xs[:, 0] = d
     gens = [torch.Generator().manual_seed(70_000 + i) for i in range(runs)]
@@ -477,18 +477,18 @@ def test_noise_validity_test_catches_an_inflated_radius(noise, norm):
 
 def test_unsupported_noise_norm_pairs_are_refused():
     with pytest.raises(ValueError, match="linf"):
-        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="linf")
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="linf", sound=False)
     with pytest.raises(ValueError, match="noise must be one of"):
-        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="cauchy")
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="cauchy", sound=False)
     from smoothcert.smoothing.noises import Laplace
 
     with pytest.raises(ValueError, match=r"noise has sigma=0\.25 but sigma=0\.5"):
-        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=Laplace(0.25))
+        SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise=Laplace(0.25), sound=False)
 
 
 def test_adaptive_decision_uses_the_noise_threshold():
     # Laplace L1 at r: p* = 1 - exp(-r / b) / 2 with b = sigma / sqrt(2); pA = 1 is certified at stage 1
-    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="l1")
+    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="l1", sound=False)
     x = torch.tensor([50.0, 0.0, 0.0, 0.0])
     c = sc.certify_adaptive(x, radius=0.3, alpha=0.001, n_max=10_000, batch_size=1000, label=1,
                             generator=torch.Generator().manual_seed(0))
@@ -580,7 +580,7 @@ def _tight_oracle(noise: str, norm: str, sigma: float, dim: int = DIM) -> tuple[
 def _tight_false_count(noise: str, norm: str, inflate: float = 1.0, runs: int = 2000) -> tuple[int, float]:
     sigma = 0.5
     model, r = _tight_oracle(noise, norm, sigma)
-    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, input_shape=SHAPE)
+    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, input_shape=SHAPE, sound=False)
     gens = [torch.Generator().manual_seed(90_000 + i) for i in range(runs)]
     certs = sc.certify_batch(torch.zeros(runs, *SHAPE), n0=20, n=1000, alpha=0.05, batch_size=200_000, generator=gens)
     return sum(c.radius * inflate > r for c in certs), r
@@ -600,7 +600,7 @@ def test_tight_oracle_radius_at_exact_pa_is_its_distance(noise, norm):
 
     make_noise(noise, sigma).sample_(draws, torch.Generator().manual_seed(1))
     p_hat = float((model(draws).argmax(1) == 1).double().mean())
-    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm)
+    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, sound=False)
     exact = {"gaussian": st.norm.cdf(0.9), "laplace": 1 - 0.5 * np.exp(-0.35 / (sigma / 2**0.5)),
              "uniform": 0.8 if norm == "linf" else (0.35 + 3**0.5 * sigma) / (2 * 3**0.5 * sigma)}[noise]
     assert abs(p_hat - exact) < 5 * (exact * (1 - exact) / 400_000) ** 0.5  # the oracle's pA is as stated
@@ -638,7 +638,7 @@ TOL_SHAPE = (3, 8, 8)
 def _max_radius_gap(noise: str, norm: str, **extra: float) -> tuple[float, float, int]:
     sigma, dim = 0.5, 192
     model, _ = _tight_oracle(noise, norm, sigma, dim=dim)
-    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, input_shape=TOL_SHAPE)
+    sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, input_shape=TOL_SHAPE, sound=False)
     kw = {"alpha": 0.001, "n_max": 100_000, "batch_size": 20_000, "label": 1}
     x = torch.zeros(TOL_SHAPE)
     stopped = sc.certify_adaptive(x, generator=torch.Generator().manual_seed(5), **kw, **extra)
@@ -670,7 +670,7 @@ def test_max_radius_tolerance_default_and_override():
 
     s = SequentialSettings(alpha=0.001, n_max=100_000, batch_size=10)
     assert s.radius_rtol == DEFAULT_RADIUS_RTOL == 0.015 and s.radius_tol is None
-    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.25)
+    sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.25, sound=False)
     tol = s.tolerance(s.schedule(), lambda p: sc.radius_of(p, dim=4))
     assert tol == pytest.approx(0.015 * 0.25 * st.norm.ppf((0.001 / 12) ** 1e-5))  # about 0.056 sigma
     over = SequentialSettings(alpha=0.001, n_max=100_000, batch_size=10, radius_tol=0.3)
@@ -684,20 +684,20 @@ def test_a_half_precision_input_is_fed_to_a_float32_model_in_float32():
     # input gives exactly the certificate of the same values in float32 (no dtype error from torch)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    sc = SmoothedClassifier(model, 3, 0.5, pass_size=None)
+    sc = SmoothedClassifier(model, 3, 0.5, pass_size=None, sound=False)
     x = torch.rand(1, 4, 4).half()
     half = sc.certify(x, n0=20, n=300, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(1))
     full = sc.certify(x.float(), n0=20, n=300, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(1))
     assert half == full
     # and the reverse: a bfloat16 model is fed bfloat16 noisy inputs
-    low = SmoothedClassifier(model.to(torch.bfloat16), 3, 0.5, pass_size=None)
+    low = SmoothedClassifier(model.to(torch.bfloat16), 3, 0.5, pass_size=None, sound=False)
     assert low.certify(x.float(), n0=20, n=300, alpha=0.01, batch_size=64).n == 300
 
 
 def test_certificates_from_counts_is_certify_on_the_same_votes():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
-    smoothed = SmoothedClassifier(model, 4, 0.5, input_shape=(3, 2, 2), pass_size=50)
+    smoothed = SmoothedClassifier(model, 4, 0.5, input_shape=(3, 2, 2), pass_size=50, sound=False)
     x = torch.rand(3, 2, 2)
     g = torch.Generator().manual_seed(3)  # certify draws the n0 selection votes, then n estimation votes
     selection = smoothed.sample_counts(x[None], n=100, batch_size=100, generator=g)

@@ -103,7 +103,7 @@ def test_consensus_classifier_is_a_function_of_each_input_alone():
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
     assert torch.equal(batched.argmax(1), alone.argmax(1))
     counts = [
-        SmoothedClassifier(ens, 4, 0.5, pass_size=p).sample_counts(
+        SmoothedClassifier(ens, 4, 0.5, pass_size=p, sound=False).sample_counts(
             x[:2], n=300, batch_size=100, generator=torch.Generator().manual_seed(5)
         )
         for p in (100, 7)

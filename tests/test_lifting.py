@@ -53,7 +53,7 @@ def test_exact_moment_check_catches_the_wrong_factor():
 
 
 def _pooled_draws(noise_sigma: float, draws: int, seed: int) -> np.ndarray:
-    smoothed = lift(SmoothedClassifier(torch.nn.Identity(), 2, SIGMA_LOW), factor=S)
+    smoothed = lift(SmoothedClassifier(torch.nn.Identity(), 2, SIGMA_LOW, sound=False), factor=S)
     noise = smoothed.noise if noise_sigma == smoothed.sigma else type(smoothed.noise)(noise_sigma)
     buf = torch.empty(draws, 1, S * K, S * K, dtype=torch.float64)
     noise.sample_(buf, torch.Generator().manual_seed(seed))
@@ -92,7 +92,7 @@ def test_statistical_identity_check_catches_the_wrong_factor():
 
 def test_lift_builds_f_of_avgpool_at_s_sigma():
     base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(K * K, 3))
-    low = SmoothedClassifier(base, 3, SIGMA_LOW, input_shape=(1, K, K))
+    low = SmoothedClassifier(base, 3, SIGMA_LOW, input_shape=(1, K, K), sound=False)
     high = lift(low, factor=S)
     assert high.sigma == S * SIGMA_LOW and high.input_shape == (1, S * K, S * K) and high.norm == "l2"
     x = torch.rand(5, 1, S * K, S * K)
@@ -109,11 +109,11 @@ def test_upsample_is_a_right_inverse_of_the_pool():
 
 
 def test_lift_refuses_non_gaussian_noise_and_bad_factors():
-    smoothed = SmoothedClassifier(torch.nn.Identity(), 2, 0.5, noise="laplace", norm="l1")
+    smoothed = SmoothedClassifier(torch.nn.Identity(), 2, 0.5, noise="laplace", norm="l1", sound=False)
     with pytest.raises(ConfigError, match="Gaussian"):
         lift(smoothed, factor=2)
     with pytest.raises(ConfigError, match="factor"):
-        lift(SmoothedClassifier(torch.nn.Identity(), 2, 0.5), factor=0)
+        lift(SmoothedClassifier(torch.nn.Identity(), 2, 0.5, sound=False), factor=0)
     with pytest.raises(ValueError, match="multiple of factor=3"):
         avg_pool(torch.zeros(1, 1, 8, 8), 3)
 
@@ -141,7 +141,7 @@ def _certify(smoothed: SmoothedClassifier, x: torch.Tensor, seed: int):
 
 def _lifted_matches(high: SmoothedClassifier, s: int) -> list[str]:
     base, xs = _linear_setup()
-    low = SmoothedClassifier(base, 2, SIGMA_LOW)
+    low = SmoothedClassifier(base, 2, SIGMA_LOW, sound=False)
     problems = []
     for i, x in enumerate(xs):
         pa = float(st.norm.cdf(base.distance(x.double()) / SIGMA_LOW))
@@ -178,7 +178,7 @@ def test_lifted_certificate_is_the_low_resolution_one_with_s_times_the_radius():
     (the interval maps count_low +- 9 sd through the radius formula: the difference of two independent
     counts has sd sqrt(2) sd, so 9 sd is more than 6 of its standard deviations)."""
     base, _ = _linear_setup()
-    high = lift(SmoothedClassifier(base, 2, SIGMA_LOW), factor=S)
+    high = lift(SmoothedClassifier(base, 2, SIGMA_LOW, sound=False), factor=S)
     assert _lifted_matches(high, S) == []
     c = _certify(high, upsample(_linear_setup()[1][-1], S), seed=0)
     assert c.sigma == S * SIGMA_LOW
@@ -187,7 +187,7 @@ def test_lifted_certificate_is_the_low_resolution_one_with_s_times_the_radius():
 def test_lifted_certificate_check_catches_the_wrong_noise_factor():
     """Positive control: the pooled classifier smoothed at (s + 1) sigma' (a wrong lifting) has other pA's and is caught."""
     base, _ = _linear_setup()
-    wrong = SmoothedClassifier(AvgPoolThen(base, S), 2, (S + 1) * SIGMA_LOW)
+    wrong = SmoothedClassifier(AvgPoolThen(base, S), 2, (S + 1) * SIGMA_LOW, sound=False)
     assert len(_lifted_matches(wrong, S)) >= 3
 
 

@@ -322,7 +322,7 @@ def test_the_library_tunes_the_allocator_on_first_use_unless_told_not_to(monkeyp
 
     calls = []
     monkeypatch.setattr(smoothed_module, "tune_malloc", lambda: calls.append(1))
-    sc = SmoothedClassifier(torch.nn.Flatten(), 4, 0.5, pass_size=None)
+    sc = SmoothedClassifier(torch.nn.Flatten(), 4, 0.5, pass_size=None, sound=False)
     monkeypatch.setenv("SMOOTHCERT_TUNE_MALLOC", "0")
     sc.predict(torch.rand(4), n=20, alpha=0.1, batch_size=20)
     assert calls == []

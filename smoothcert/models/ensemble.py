@@ -18,9 +18,17 @@ maximum, ties resolve to the agreed class too). The other inputs get the full en
 for **any** deterministic base classifier ``h`` (Cohen et al. 2019, Thm. 1 assumes nothing about
 ``h``). With consensus the base classifier is ``h(z) = c`` when the first ``K`` members all say
 ``c`` at ``z``, and the full ensemble's arg-max otherwise: a different function from the full
-ensemble's, but a deterministic function of ``z`` alone (it does not depend on the batch, the
-other samples, or any randomness), so CERTIFY's guarantee holds for the ``g`` it defines. What
-changes is only which smoothed classifier is certified, not whether the certificate is sound.
+ensemble's, but a function of ``z`` alone (no randomness, no other sample enters its value), so
+CERTIFY's guarantee holds for the ``g`` it defines. What changes is only which smoothed
+classifier is certified, not whether the certificate is sound.
+
+*Batch independence, as far as floating point allows.* The later members run on a data-dependent
+sub-batch (the rows without consensus), so their outputs for one input come from a forward pass
+whose size depends on the other inputs; like any change of pass size this can move the logits at
+the level of float rounding (about ``5e-7`` on a CPU) and, at an exact near-tie, an arg-max. The
+same holds for every base model run in passes of varying size; the members must be in eval mode
+(the smoothed model sees to it for the ensemble and its members), since BatchNorm in training mode
+or Dropout would make outputs depend on the batch outright.
 
 The counters :attr:`Ensemble.member_evaluations` (one per member per input it ran on) and
 :attr:`Ensemble.member_evaluations_saved` (members skipped by consensus) measure the saving;

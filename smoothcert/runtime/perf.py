@@ -21,7 +21,9 @@ change of kernel can make them differ.)
 - :func:`probe_pass_size` measures, once per model, input shape, device and options, which
   forward-pass size is fastest (a CPU often runs small convolutional networks faster per sample
   at batch 100–250 than at 1000, because activations stay in cache), within a wall-time budget;
-  :func:`choose_pass_size` returns just the size.
+  :func:`choose_pass_size` returns just the size. The probe calls the model on synthetic
+  inputs: uniform in ``[0, 1)``, or with ``grid=q`` random grid points ``i / q``, ``i`` in
+  ``0..q`` (so that a model certified in sound mode only ever sees grid points).
 """
 
 from __future__ import annotations
@@ -316,6 +318,7 @@ def probe_pass_size(
     budget_s: float = 3.0,
     min_samples: int = 2048,
     clock: Callable[[], float] = time.perf_counter,
+    grid: int | None = None,
 ) -> PassSizeProbe:
     """Measure the fastest forward-pass size up to ``max_size`` within ``budget_s`` seconds (cached).
 
@@ -335,7 +338,14 @@ def probe_pass_size(
     Cached in this process per model object (held weakly), its parameters' layout, ``input_shape``,
     ``device``, ``channels_last``, ``autocast_dtype``, ``max_size`` and ``candidates``; an explicit
     ``key`` names the model instead. Run it before timing examples to keep its cost out of them.
+
+    The model is called (about 300 passes for a small CPU model) on synthetic inputs: uniform
+    in ``[0, 1)``, or with ``grid=q`` grid points ``i / q`` (``i`` uniform in ``0..q``, the
+    values float32 ``fl(i / q)``), as sound mode needs. The inputs' values do not enter the
+    cache key (they do not change the speed).
     """
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 2):
+        raise ConfigError(f"grid must be None or an integer >= 2, got {grid!r}")
     if int(max_size) < 1:
         raise ConfigError(f"max_size must be >= 1, got {max_size!r}")
     if not budget_s > 0:
@@ -349,7 +359,9 @@ def probe_pass_size(
     cache_key = (*model_key, *options)
     if slot is not None and cache_key in slot:
         return dataclasses.replace(slot[cache_key], cached=True)
-    result = _probe(model, input_shape, device, sizes, channels_last, autocast_dtype, budget_s, min_samples, clock)
+    result = _probe(
+        model, input_shape, device, sizes, channels_last, autocast_dtype, budget_s, min_samples, clock, grid
+    )
     if slot is not None:
         slot[cache_key] = result
     return result
@@ -365,6 +377,7 @@ def _probe(
     budget_s: float,
     min_samples: int,
     clock: Callable[[], float],
+    grid: int | None,
 ) -> PassSizeProbe:
     from smoothcert.runtime.devices import eval_mode
 
@@ -401,10 +414,16 @@ def _probe(
 
     rates: dict[int, list[float]] = {}
     local = torch.Generator(device=device).manual_seed(0)  # the probe never touches the global RNG
+
+    def synthetic(size: int) -> torch.Tensor:
+        if grid is None:
+            return torch.rand((size, *input_shape), device=device, generator=local)
+        i = torch.randint(0, grid + 1, (size, *input_shape), device=device, generator=local)
+        return i.to(torch.float32).div_(grid)  # fl(i / q), as an 8-bit image is stored
     with eval_mode(model), torch.inference_mode(), amp:
         # passes of a few samples (the first pays one-time costs, the best of two more is kept): a
         # pessimistic rate that predicts what larger passes cost
-        tiny = torch.rand((min(_CALIBRATION, sizes[0]), *input_shape), device=device, generator=local)
+        tiny = synthetic(min(_CALIBRATION, sizes[0]))
         tiny = tiny.contiguous(memory_format=fmt)
         forward(tiny)
         first = 0.0
@@ -421,7 +440,7 @@ def _probe(
             if left() <= 0 or best <= 0 or (math.isfinite(best) and 2 * size / best > left()):
                 spent = True
                 break
-            x = torch.rand((size, *input_shape), device=device, generator=local)
+            x = synthetic(size)
             inputs[size] = x.contiguous(memory_format=fmt)
             forward(inputs[size])  # warm-up
             if left() <= 0 and rates:
@@ -461,6 +480,7 @@ def choose_pass_size(
     budget_s: float = 3.0,
     min_samples: int = 2048,
     clock: Callable[[], float] = time.perf_counter,
+    grid: int | None = None,
 ) -> int:
     """The pass size :func:`probe_pass_size` chooses (same arguments, same cache)."""
     return probe_pass_size(
@@ -475,6 +495,7 @@ def choose_pass_size(
         budget_s=budget_s,
         min_samples=min_samples,
         clock=clock,
+        grid=grid,
     ).size
 
 

@@ -13,8 +13,12 @@ in units of ``sigma`` is wrong for L-infinity, whose radii are about ``sqrt(d)``
 than L2's (uniform noise: ``R_max`` is below ``0.05 sigma`` for ``d`` = 784, so every run stopped
 at the first stage). ``radius_tol`` remains as an explicit absolute override.
 
-**Sound mode.** Each stage's bounds are about the sampler's law; the smoothing law's ``pA`` is
-within ``tv_bound`` of it, so lower bounds are reduced, and upper bounds raised, by ``tv_bound``.
+**Sound mode** (per input, as :meth:`SmoothedModel.input_modes` decides). Each stage's bounds are
+about the sampler's law; the smoothing law's ``pA`` is within ``tv_bound`` of it, so lower bounds
+are reduced, and upper bounds raised, by ``tv_bound``. The theorem's centre is the grid point
+``round_q(x)``, so every radius is reduced by the input's ``grid_offset``: max-radius mode reports
+``R(p_lower) - offset``, and decision mode tests ``r + offset`` (its ``p*`` is the threshold of that
+radius; a fixed function of the input, fixed before sampling, so the union bound is unchanged).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.certificates import ABSTAIN, AdaptiveCertificate
 from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction
 from smoothcert.smoothing.noises import Noise
+from smoothcert.smoothing.smoothed import InputModes
 
 __all__ = ["DEFAULT_RADIUS_RTOL", "SequentialSettings", "Voter", "certify_sequential"]
 
@@ -48,10 +53,8 @@ class Voter(Protocol):
     sigma: float
     noise: Noise
     norm: str
-    sound: bool
-    grid: int | None
 
-    def tv_bound(self, dim: int) -> float: ...
+    def input_modes(self, xs: torch.Tensor) -> InputModes: ...
 
     def run_engine(
         self,
@@ -111,18 +114,19 @@ class SequentialSettings:
         """The stage grid and the per-stage levels, fixed before any sample is drawn."""
         return sequential.make_schedule(n_max=self.n_max, alpha=self.alpha, beta=self.beta, n_first=self.n_first)
 
-    def target(self, smoothed: Voter, dim: int) -> float | None:
-        """``p*``, the ``pA`` at which the noise's radius equals ``radius`` (decision mode), else None.
+    def target(self, smoothed: Voter, dim: int, offset: float = 0.0) -> float | None:
+        """``p*``, the ``pA`` at which the noise's radius equals ``radius + offset`` (decision mode), else None.
 
-        Raises ConfigError when no ``pA < 1`` certifies ``radius`` with this noise, norm and ``dim``.
+        ``offset`` is a sound input's grid offset (module docstring). Raises ConfigError when no
+        ``pA < 1`` certifies ``radius`` with this noise, norm and ``dim``.
         """
         if self.radius is None:
             return None
-        p_star = float(smoothed.noise.threshold(self.radius, norm=smoothed.norm, dim=dim))
+        p_star = float(smoothed.noise.threshold(self.radius + offset, norm=smoothed.norm, dim=dim))
         if not p_star < 1:
             raise ConfigError(
                 f"radius={self.radius!r} cannot be certified with {smoothed.noise!r} in {smoothed.norm} "
-                f"(d = {dim}) at any pA"
+                f"(d = {dim}) at any pA" + (f" (grid offset {offset:.3g} added)" if offset else "")
             )
         return p_star
 
@@ -149,7 +153,8 @@ def certify_sequential(
     """Sequential CERTIFY of each input of the prepared batch ``xs`` (see ``SmoothedClassifier.certify_adaptive``)."""
     schedule = settings.schedule()
     k, dim = len(xs), int(xs[0].numel())
-    tv = smoothed.tv_bound(dim)
+    modes = smoothed.input_modes(xs)
+    tv, offset = modes.tv_bound, modes.offset
     gens = _per_input(generator, k)
     votes = ClassVotes(smoothed.num_classes)
     if labels is None:
@@ -166,13 +171,23 @@ def certify_sequential(
                 raise ValueError(f"label must be < num_classes={smoothed.num_classes}, got {c!r}")
         selected = np.asarray(labels, dtype=np.int64)
         n0 = 0
-    p_star = settings.target(smoothed, dim)
+    # decision mode: p* of radius + offset per input (one value for all exact grid and float inputs)
+    p_star = None if settings.radius is None else np.array([settings.target(smoothed, dim, o) for o in offset])
 
-    def radius_of(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        # bounds on the sampler's pA, moved by the residual to bounds on the smoothing law's pA
-        return smoothed.radius_of(np.maximum(np.asarray(p, dtype=np.float64) - tv, 0.0), dim=dim)
+    def radius_of_rows(rows: NDArray[np.intp]) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+        def radius_of(p: NDArray[np.float64]) -> NDArray[np.float64]:
+            # bounds on the sampler's pA, moved by the residual to bounds on the smoothing law's pA;
+            # the radius about round_q(x) less the grid offset is a radius about x
+            r = smoothed.radius_of(np.maximum(np.asarray(p, dtype=np.float64) - tv[rows], 0.0), dim=dim)
+            return np.maximum(r - offset[rows], 0.0)
 
-    tol = settings.tolerance(schedule, radius_of)
+        return radius_of
+
+    def radius_plain(p: NDArray[np.float64]) -> NDArray[np.float64]:  # for the tolerance: no offset
+        moved = np.maximum(np.asarray(p, dtype=np.float64) - float(tv.max(initial=0.0)), 0.0)
+        return smoothed.radius_of(moved, dim=dim)
+
+    tol = settings.tolerance(schedule, radius_plain)
 
     count = np.zeros(k, dtype=np.int64)
     best = np.zeros(k)
@@ -182,21 +197,25 @@ def certify_sequential(
     for stage, size in enumerate(schedule.sizes):
         sub_gens = None if gens is None else [gens[i] for i in active]
         stage_votes = smoothed.run_engine(
-            xs[torch.as_tensor(active)], votes, n=size - drawn, batch_size=settings.batch_size, generator=sub_gens
+            xs[torch.as_tensor(active, device=xs.device)],
+            votes,
+            n=size - drawn,
+            batch_size=settings.batch_size,
+            generator=sub_gens,
         )
         count[active] += stage_votes[np.arange(len(active)), selected[active]]
         drawn = size
         if p_star is not None:
-            decision, lower, upper = sequential.decision_step(count[active], stage, schedule, p_star + tv)
+            decision, lower, upper = _decide(count[active], stage, schedule, p_star[active] + tv[active])
             stop = decision != sequential.CONTINUE
-            rad = np.where(decision == sequential.CERTIFIED, radius_of(lower), 0.0)
+            rad = np.where(decision == sequential.CERTIFIED, radius_of_rows(active)(lower), 0.0)
         else:
             stop, rad, lower, upper = sequential.max_radius_step(
                 count[active],
                 stage,
                 schedule,
                 best[active],
-                radius_of=radius_of,
+                radius_of=radius_of_rows(active),
                 radius_cap=settings.radius_cap,
                 radius_tol=tol,
             )
@@ -214,8 +233,8 @@ def certify_sequential(
                 decision=str(decision[j]),
                 n_used=n0 + size,
                 stage=stage + 1,
-                p_lower=max(float(lower[j]) - tv, 0.0),
-                p_upper=min(float(upper[j]) + tv, 1.0),
+                p_lower=max(float(lower[j]) - float(tv[i]), 0.0),
+                p_upper=min(float(upper[j]) + float(tv[i]), 1.0),
                 count=int(count[i]),
                 n=size,
                 n0=n0,
@@ -226,15 +245,29 @@ def certify_sequential(
                 radius_tested=settings.radius,
                 norm=smoothed.norm,
                 noise=smoothed.noise.name,
-                sound=smoothed.sound,
-                grid=smoothed.grid,
-                tv_bound=tv,
+                **modes.fields(i),
+                grid_offset=float(offset[i]),
             )
         active = active[~stop]
         if len(active) == 0:
             break
     assert all(r is not None for r in results), "the last stage stops every input"
     return [r for r in results if r is not None]
+
+
+def _decide(
+    count: NDArray[np.int64], stage: int, schedule: sequential.Schedule, p_star: NDArray[np.float64]
+) -> tuple[NDArray[np.str_], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`smoothcert.core.sequential.decision_step` with one ``p*`` per input (grouped by value)."""
+    values = np.unique(p_star)
+    if len(values) == 1:
+        return sequential.decision_step(count, stage, schedule, float(values[0]))
+    decision = np.empty(len(count), dtype="<U13")
+    lower, upper = np.empty(len(count)), np.empty(len(count))
+    for v in values:
+        rows = p_star == v
+        decision[rows], lower[rows], upper[rows] = sequential.decision_step(count[rows], stage, schedule, float(v))
+    return decision, lower, upper
 
 
 def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:

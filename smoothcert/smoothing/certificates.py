@@ -1,5 +1,5 @@
 """Results of the smoothed models: frozen dataclasses, the abstention label, and the warning for
-settings under which a smoothed model can never answer."""
+settings under which a smoothed model can never answer or certifies in float mode unasked."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ ABSTAIN: int = -1
 
 
 class SmoothingWarning(UserWarning):
-    """A setting with which the smoothed classifier can never answer."""
+    """A setting with which the smoothed classifier can never answer, or (``sound="auto"``) an input
+    off the grid that is certified in float mode."""
 
 
 def warn_once(warned: set[tuple[str, int, float]], kind: str, n: int, alpha: float, message: str) -> None:
@@ -31,13 +32,15 @@ class Certificate:
     With probability at least ``1 - alpha`` over the sampling, if ``label != ABSTAIN`` then
     ``g(x + delta) = label`` for every ``delta`` with ``||delta|| < radius`` in the certificate's
     ``norm`` (L2, L1 or L-infinity), for its ``noise`` (Gaussian: Cohen et al., Prop. 2; Laplace and
-    uniform: ``docs/noises.md``); in sound mode for every such ``x + delta`` on the grid ``1 / grid``
-    (``docs/sound.md`` §2).
+    uniform: ``docs/noises.md``). In sound mode (``sound``), for every such ``x + delta`` on the grid
+    ``1 / grid`` (``docs/sound.md`` §2): the theorem certifies the ball about the grid point
+    ``round_q(x)``, and ``radius`` is already reduced by ``grid_offset = ||x - round_q(x)||``, so
+    it is a radius about ``x`` itself.
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
         radius: the noise's radius in ``norm`` at ``p_lower`` (``sigma * Phi^-1(p_lower)`` for Gaussian
-            L2); ``0.0`` when abstaining.
+            L2) minus ``grid_offset``, at least 0; ``0.0`` when abstaining.
         p_lower: one-sided ``1 - alpha`` Clopper–Pearson lower bound on ``pA``.
         count: votes for the selected class among the ``n`` estimation samples.
         n: number of estimation samples.
@@ -51,6 +54,8 @@ class Certificate:
         grid: the grid ``q`` of sound mode (``None`` in float mode).
         tv_bound: total-variation residual per noisy input (0 in float mode); ``p_lower`` is
             already reduced by it (the Clopper–Pearson bound minus ``tv_bound``).
+        grid_offset: sound mode: ``||x - round_q(x)||`` in ``norm``, rounded up, subtracted from
+            the radius (0.0 for an input stored exactly on the grid, and in float mode).
     """
 
     label: int
@@ -67,6 +72,7 @@ class Certificate:
     sound: bool = False
     grid: int | None = None
     tv_bound: float = 0.0
+    grid_offset: float = 0.0
 
     @property
     def abstained(self) -> bool:
@@ -117,11 +123,13 @@ class AdaptiveCertificate:
     With probability at least ``1 - alpha`` over the sampling, whatever stopping rule ran: if
     ``label != ABSTAIN`` then ``g(x + delta) = label`` for every ``||delta|| < radius`` in the
     certificate's ``norm``, for its ``noise`` (construction and proof sketch:
-    :mod:`smoothcert.core.sequential`).
+    :mod:`smoothcert.core.sequential`); in sound mode as for :class:`Certificate` (grid inputs,
+    ``radius`` reduced by ``grid_offset``).
 
     Attributes:
         label: the certified class, or ``ABSTAIN`` (-1).
-        radius: the certified radius (0.0 when abstaining); in decision mode it is ``> radius_tested``.
+        radius: the certified radius (0.0 when abstaining), ``grid_offset`` already subtracted; in
+            decision mode it is ``> radius_tested``.
         decision: ``certified``, ``not_certified`` (stopped early: futility) or ``undecided`` (``n_max`` reached).
         n_used: every forward pass spent on this input, selection included.
         stage: the last stage run (1-based).
@@ -140,6 +148,7 @@ class AdaptiveCertificate:
         sound, grid: as in :class:`Certificate`.
         tv_bound: total-variation residual per noisy input (0 in float mode); ``p_lower`` is
             reduced by it and ``p_upper`` raised by it.
+        grid_offset: as in :class:`Certificate`.
     """
 
     label: int
@@ -162,6 +171,7 @@ class AdaptiveCertificate:
     sound: bool = False
     grid: int | None = None
     tv_bound: float = 0.0
+    grid_offset: float = 0.0
 
     @property
     def abstained(self) -> bool:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from smoothcert.core import stats
 from smoothcert.core.checks import check_alpha, check_int
+from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.adaptive import SequentialSettings, certify_sequential
 from smoothcert.smoothing.certificates import (
     ABSTAIN,
@@ -31,7 +32,7 @@ from smoothcert.smoothing.certificates import (
 )
 from smoothcert.smoothing.engine import ClassVotes, GeneratorArg
 from smoothcert.smoothing.noises import Noise
-from smoothcert.smoothing.smoothed import SmoothedModel
+from smoothcert.smoothing.smoothed import InputModes, SmoothedModel, SoundArg
 
 __all__ = ["ABSTAIN", "AdaptiveCertificate", "Certificate", "Prediction", "SmoothedClassifier", "SmoothingWarning"]
 
@@ -45,12 +46,17 @@ class SmoothedClassifier(SmoothedModel):
         sigma, noise, norm, device, input_shape, autocast_dtype, channels_last, pass_size, sound, grid:
             as in :class:`smoothcert.smoothing.smoothed.SmoothedModel`.
 
-    **Sound mode** (``sound=True``, ``grid=255``; ``docs/sound.md``): inputs must be on the grid
-    ``i / grid`` and the noise is drawn on it, on integers. A certificate then holds for every
-    input on the same grid within ``radius``, the generator's randomness the only assumption;
-    the sampler's residual total variation ``tv_bound`` (about ``2e-13`` for 784 pixels) is
-    subtracted from ``p_lower`` and recorded. In float mode (the default) the model sees
-    ``fl(x + fl(eps))``, whose law is not the one the radius formulas assume.
+    **Sound mode** (``docs/sound.md``): by default (``sound="auto"``, ``grid=255``) every input
+    on the grid ``i / grid`` is certified in sound mode: the noise is drawn on the grid, on
+    integers, and a certificate holds for every input on the same grid within ``radius`` of
+    ``x``, the generator's randomness the only assumption; the sampler's residual total
+    variation ``tv_bound`` (about ``2e-13`` for 784 pixels) is subtracted from ``p_lower``, and
+    the tolerance offset ``grid_offset = ||x - round_q(x)||`` from the radius. An input off the
+    grid is certified in float mode (the model sees ``fl(x + fl(eps))``, whose law is not the one
+    the radius formulas assume), with a :class:`SmoothingWarning` the first time. ``sound=True``
+    refuses inputs off the grid; ``sound=False`` is float mode for all (the 0.2 default). Each
+    result records its input's mode (``sound``, ``grid``, ``tv_bound``); a batch is split per
+    input (:class:`~smoothcert.smoothing.smoothed.SmoothedModel`).
 
     Certificates hold in the chosen ``norm`` for the chosen ``noise``. Results depend on the
     generator's seed, ``n0``, ``n``, the batch size when ``n`` exceeds it, the device, and the
@@ -70,7 +76,7 @@ class SmoothedClassifier(SmoothedModel):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = "auto",
-        sound: bool = False,
+        sound: SoundArg = "auto",
         grid: int | None = None,
     ) -> None:
         if not callable(base_classifier):
@@ -99,7 +105,8 @@ class SmoothedClassifier(SmoothedModel):
     def __repr__(self) -> str:
         return (
             f"SmoothedClassifier(num_classes={self.num_classes}, sigma={self.sigma}, noise={self.noise.name!r}, "
-            f"norm={self.norm!r}, device={self.device}" + (f", sound=True, grid={self.grid})" if self.sound else ")")
+            f"norm={self.norm!r}, device={self.device}, sound={self.sound!r}"
+            + (f", grid={self.grid})" if self.grid is not None else ")")
         )
 
     def sample_counts(
@@ -136,7 +143,8 @@ class SmoothedClassifier(SmoothedModel):
 
         Returns a class other than ``g(x)`` with probability at most ``alpha``. In sound mode the
         binomial test runs at level ``alpha - n * tv_bound``, since the ``n`` draws jointly differ
-        from the target law by at most ``n * tv_bound`` in total variation.
+        from the target law by at most ``n * tv_bound`` in total variation (``g(x)`` is then the
+        smoothed classifier at the grid point ``round_q(x)``, which sound mode defines as ``g(x)``).
         """
         return self._predict(
             self._prepare(x, batch=False), n=n, alpha=alpha, batch_size=batch_size, generator=generator
@@ -161,25 +169,23 @@ class SmoothedClassifier(SmoothedModel):
         n = check_int("n", n)
         batch_size = check_int("batch_size", batch_size)
         self._warn_if_hopeless("predict", n, alpha, stats.min_predict_n(alpha))
+        modes = self.input_modes(xs)
         counts = self._counts(xs, n=n, batch_size=batch_size, generator=generator)
         order = np.argsort(-counts, axis=1, kind="stable")
         rows = np.arange(len(counts))
         top, second = order[:, 0], order[:, 1]
         n_top, n_second = counts[rows, top], counts[rows, second]
         pvalues = np.atleast_1d(stats.predict_pvalue(n_top, n_second))
-        tv = self.tv_bound(int(xs[0].numel())) if len(xs) else 0.0
-        level = alpha - n * tv
+        level = alpha - n * modes.tv_bound
         return [
             Prediction(
-                label=int(top[i]) if pvalues[i] <= level else ABSTAIN,
+                label=int(top[i]) if pvalues[i] <= level[i] else ABSTAIN,
                 count=int(n_top[i]),
                 runner_up_count=int(n_second[i]),
                 n=n,
                 pvalue=float(pvalues[i]),
                 alpha=alpha,
-                sound=self.sound,
-                grid=self.grid,
-                tv_bound=tv,
+                **modes.fields(i),
             )
             for i in range(len(counts))
         ]
@@ -195,7 +201,8 @@ class SmoothedClassifier(SmoothedModel):
         ``g(x + delta) = label`` for every ``delta`` with ``||delta|| < radius`` in the
         classifier's ``norm`` (for Gaussian L2, ``radius = sigma * Phi^-1(p_lower)``); in sound
         mode, for every such ``x + delta`` on the grid, with ``p_lower`` the Clopper–Pearson bound
-        minus ``tv_bound``.
+        minus ``tv_bound`` and the radius reduced by ``grid_offset`` (the theorem's centre is
+        ``round_q(x)``).
         """
         xs = self._prepare(x, batch=False)
         return self._certify(xs, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator)[0]
@@ -224,16 +231,28 @@ class SmoothedClassifier(SmoothedModel):
             return []
         selection = self._counts(xs, n=n0, batch_size=batch_size, generator=generator)
         estimation = self._counts(xs, n=n, batch_size=batch_size, generator=generator)
-        return self.certificates_from_counts(selection, estimation, n0=n0, n=n, alpha=alpha, dim=int(xs[0].numel()))
+        return self.certificates_from_counts(selection, estimation, n0=n0, n=n, alpha=alpha, xs=xs)
 
     def certificates_from_counts(
-        self, selection: NDArray[np.int64], estimation: NDArray[np.int64], *, n0: int, n: int, alpha: float, dim: int
+        self,
+        selection: NDArray[np.int64],
+        estimation: NDArray[np.int64],
+        *,
+        n0: int,
+        n: int,
+        alpha: float,
+        dim: int | None = None,
+        xs: torch.Tensor | None = None,
     ) -> list[Certificate]:
         """CERTIFY's decision from vote counts ``(k, num_classes)``: the class with the most of the ``n0``
         selection votes, its Clopper–Pearson bound from the ``n`` estimation votes, the radius.
 
         For callers that count votes themselves (e.g. several classifiers voting on one shared set of
-        draws); ``dim`` is the input's number of coordinates.
+        draws, through :meth:`run_engine`). ``xs`` is the batch the votes were drawn at: one input
+        per row of the counts, or a batch of one input for every row. It decides each row's mode
+        (sound or float, as :meth:`run_engine` chose it), residual and grid offset, and is
+        required unless ``sound=False``; ``dim`` (the input's number of coordinates) is then
+        taken from it, and is required without it.
         """
         alpha = check_alpha(alpha)
         selection, estimation = np.asarray(selection), np.asarray(estimation)
@@ -242,12 +261,13 @@ class SmoothedClassifier(SmoothedModel):
                 f"selection and estimation must be (k, num_classes) arrays of one shape, "
                 f"got {selection.shape} and {estimation.shape}"
             )
+        k = len(selection)
+        modes, dim = self._modes_of_rows(xs, k, dim)
         selected = selection.argmax(axis=1)
-        count = estimation[np.arange(len(selection)), selected]
-        tv = self.tv_bound(dim)
-        p_lower = np.maximum(np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha)) - tv, 0.0)
+        count = estimation[np.arange(k), selected]
+        p_lower = np.maximum(np.atleast_1d(stats.clopper_pearson_lower(count, n, alpha)) - modes.tv_bound, 0.0)
         certified = p_lower > 0.5
-        radius = self.radius_of(p_lower, dim=dim)
+        radius = np.maximum(self.radius_of(p_lower, dim=dim) - modes.offset, 0.0)
         return [
             Certificate(
                 label=int(selected[i]) if certified[i] else ABSTAIN,
@@ -261,12 +281,32 @@ class SmoothedClassifier(SmoothedModel):
                 selected=int(selected[i]),
                 norm=self.norm,
                 noise=self.noise.name,
-                sound=self.sound,
-                grid=self.grid,
-                tv_bound=tv,
+                **modes.fields(i),
+                grid_offset=float(modes.offset[i]),
             )
-            for i in range(len(selection))
+            for i in range(k)
         ]
+
+    def _modes_of_rows(self, xs: torch.Tensor | None, k: int, dim: int | None) -> tuple[InputModes, int]:
+        """The :class:`InputModes` of ``k`` rows of counts drawn at ``xs`` (one row, or one per count row)."""
+        if xs is None:
+            if self.sound is not False:
+                raise ConfigError(
+                    f"certificates_from_counts needs xs= (the inputs the votes were drawn at) with "
+                    f"sound={self.sound!r}: each input's mode and grid offset depend on it"
+                )
+            if dim is None:
+                raise ConfigError("certificates_from_counts needs dim= (the input's number of coordinates) or xs=")
+            z = np.zeros(k)
+            return InputModes(sound=np.zeros(k, dtype=bool), grid=None, tv_bound=z, offset=z), check_int("dim", dim)
+        if not isinstance(xs, torch.Tensor) or xs.ndim < 2 or len(xs) not in (1, k):
+            shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+            raise ValueError(f"xs must be a batch of 1 or {k} inputs (one per row of counts), got {shape}")
+        d = int(xs[0].numel())
+        if dim is not None and dim != d:
+            raise ValueError(f"dim={dim!r} but the inputs xs have {d} coordinates")
+        modes = self.input_modes(xs)
+        return (modes.take(np.zeros(k, dtype=np.intp)) if len(xs) == 1 and k != 1 else modes), d
 
     # ------------------------------------------------------------------ sequential CERTIFY
 

@@ -9,7 +9,9 @@ Projects written against ``core.Smooth`` of the reference code can switch their 
 
 Unlike the reference, it runs on whatever device the model is on (CPU included), counts
 votes on the device, and uses the exact statistics of :mod:`smoothcert.core.stats` on current
-SciPy. Randomness comes from torch's global generator, as in the reference.
+SciPy. Randomness comes from torch's global generator, as in the reference. Like the library it
+certifies inputs on the 8-bit grid in sound mode (``sound="auto"``, ``docs/sound.md``);
+``Smooth(..., sound=False)`` draws float noise for every input, as the reference does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from smoothcert.smoothing.classifier import ABSTAIN, SmoothedClassifier
+from smoothcert.smoothing.smoothed import SoundArg
 
 __all__ = ["Smooth"]
 
@@ -28,11 +31,18 @@ class Smooth:
 
     ABSTAIN = ABSTAIN
 
-    def __init__(self, base_classifier: Callable[[torch.Tensor], torch.Tensor], num_classes: int, sigma: float) -> None:
+    def __init__(
+        self,
+        base_classifier: Callable[[torch.Tensor], torch.Tensor],
+        num_classes: int,
+        sigma: float,
+        *,
+        sound: SoundArg = "auto",
+    ) -> None:
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = sigma
-        self._smoothed = SmoothedClassifier(base_classifier, num_classes, sigma)
+        self._smoothed = SmoothedClassifier(base_classifier, num_classes, sigma, sound=sound)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int) -> int:
         """PREDICT on one input ``x`` (no batch dimension); ``-1`` to abstain."""

@@ -22,6 +22,16 @@ Certificates of the lifted classifier carry the lifted ``sigma`` and radius; not
 :func:`upsample` (nearest neighbour, each pixel repeated ``s x s`` times) is a right inverse of the
 pooling, ``AvgPool_s(upsample(x)) = x`` exactly, which is how a 56 px Fashion-MNIST is made from the
 28 px one. :func:`render_resolution_figure` draws the paper's Figure 12.
+
+**Sound mode** is carried over (``sound`` and ``grid`` of the low-resolution classifier).
+Upsampling repeats pixels, so an image on the grid ``i / q`` stays on it; the lifted classifier
+draws its noise on that grid at the high resolution, and its base classifier ``f' o AvgPool_s`` is
+a deterministic function of the grid point it is given. So the lifted certificate is a sound-mode
+certificate of the lifted smoothed classifier in its own right (``docs/sound.md``; the residual
+``tv_bound`` is that of ``s^2`` times as many coordinates). The identity ``g(x) = g'(AvgPool_s x)``
+above is one of continuous Gaussians: the mean of ``s^2`` grid-rounded draws is not exactly the
+grid-rounded Gaussian of ``sigma'``, so in sound mode the lifted classifier is close to, but not
+exactly, the low-resolution one at the pooled image; its own certificate is what holds.
 """
 
 from __future__ import annotations
@@ -96,6 +106,8 @@ def lift(smoothed: SmoothedClassifier, *, factor: int) -> SmoothedClassifier:
     Its prediction at ``x`` is that of ``smoothed`` at ``AvgPool_s(x)`` (the same class
     probabilities), and its certified L2 radius is ``factor`` times as large at the same ``p_A``.
     Only Gaussian noise is closed under averaging, so other noises are refused (ConfigError).
+    ``sound`` and ``grid`` are those of ``smoothed`` (module docstring: sound certificates of the
+    lifted classifier hold as they stand).
     """
     if not isinstance(smoothed, SmoothedClassifier):
         raise TypeError(f"smoothed must be a SmoothedClassifier, got {type(smoothed).__name__}")
@@ -120,6 +132,8 @@ def lift(smoothed: SmoothedClassifier, *, factor: int) -> SmoothedClassifier:
         autocast_dtype=smoothed.autocast_dtype,
         channels_last=smoothed.channels_last,
         pass_size=smoothed.pass_size,
+        sound=smoothed.sound,
+        grid=smoothed.grid,
     )
 
 
