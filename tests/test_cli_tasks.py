@@ -132,3 +132,41 @@ def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(
     assert main(["analyze", str(sound)]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].endswith("| mode |") and "| sound, grid 255 |" in table
+
+
+def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_grid_scene(trained, tmp_path, monkeypatch):
+    """The CLI builds its smoothed models with sound=True (grid 255) or, with --float-noise, sound=False:
+    never the library's per-input "auto", so every row is in the mode the log's identity names. A scene
+    moved off the grid is refused in sound mode (not certified in float mode) and runs with --float-noise."""
+    import smoothcert.runs.tasks as rt
+    from smoothcert.io.scenes import FashionScenes
+
+    seen = []
+
+    class RecordingSegmenter(rt.SmoothedSegmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(("segmentation", kwargs.get("sound", "left out"), self.sound, self.grid))
+
+    class RecordingRegressor(rt.SmoothedRegressor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(("localization", kwargs.get("sound", "left out"), self.sound, self.grid))
+
+    monkeypatch.setattr(rt, "SmoothedSegmenter", RecordingSegmenter)
+    monkeypatch.setattr(rt, "SmoothedRegressor", RecordingRegressor)
+    root, data = trained
+    for i, task in enumerate(("segmentation", "localization")):
+        assert _certify(root, data, task, tmp_path / f"s{i}.tsv", "--max", "1") == 0
+        assert _certify(root, data, task, tmp_path / f"f{i}.tsv", "--max", "1", "--float-noise") == 0
+    assert seen == [
+        ("segmentation", True, True, 255),
+        ("segmentation", False, False, None),
+        ("localization", True, True, 255),
+        ("localization", False, False, None),
+    ]
+    scene = FashionScenes.__getitem__
+    monkeypatch.setattr(FashionScenes, "__getitem__", lambda self, i: (scene(self, i)[0] + 0.3 / 255, scene(self, i)[1]))
+    with pytest.raises(ValueError, match="grid"):
+        _certify(root, data, "segmentation", tmp_path / "off.tsv", "--max", "1")
+    assert _certify(root, data, "segmentation", tmp_path / "off_float.tsv", "--max", "1", "--float-noise") == 0

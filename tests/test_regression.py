@@ -22,10 +22,11 @@ from smoothcert.core.percentile import (
     shifted_percentiles,
     upper_order_index,
 )
+from smoothcert.smoothing.certificates import SmoothingWarning
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 
 W = torch.tensor([3.0, -4.0, 0.0, 0.0])  # ||w|| = 5
-X = torch.tensor([0.2, -0.1, 0.5, 0.3])
+X = torch.tensor([0.2, -0.1, 0.5, 0.3])  # off the 8-bit grid: the float-mode tests on it pass sound=False
 SIGMA, RADIUS, ALPHA, N = 0.5, 0.1, 0.1, 100
 
 
@@ -82,7 +83,7 @@ def test_regressor_refuses_noise_without_the_percentile_theorem():
 
 
 def test_certificate_is_frozen_and_holds_its_settings():
-    reg = SmoothedRegressor(Linear(W), SIGMA)
+    reg = SmoothedRegressor(Linear(W), SIGMA, sound=False)
     c = reg.certify(X, n=200, alpha=0.01, radius=0.1, batch_size=64, generator=torch.Generator().manual_seed(0))
     assert c.estimate.shape == c.lower.shape == c.upper.shape == (1,)
     assert c.lower[0] <= c.estimate[0] <= c.upper[0] and c.width[0] > 0
@@ -92,7 +93,7 @@ def test_certificate_is_frozen_and_holds_its_settings():
 
 def test_samples_beyond_one_batch_are_all_distinct_draws():
     """n > batch_size spans several engine blocks; each block's outputs must be kept, not the buffer they share."""
-    reg = SmoothedRegressor(Linear(W), SIGMA)
+    reg = SmoothedRegressor(Linear(W), SIGMA, sound=False)
     y = reg.samples(X, n=10, batch_size=3, generator=torch.Generator().manual_seed(0))[:, 0]
     assert len(np.unique(y)) == 10
     # the same stream as one draw of 3, 3, 3, 1 noise rows from the generator
@@ -112,7 +113,7 @@ LIMIT = int(st.binom.ppf(0.999, RUNS, ALPHA))
 @pytest.mark.parametrize("p", [0.5, 0.3])
 def test_interval_contains_the_smoothed_percentile_over_the_ball(p):
     """Failure rate <= alpha: the interval misses the worst-case percentile at x -/+ r w/||w|| in <= alpha of runs."""
-    reg = SmoothedRegressor(Linear(W), SIGMA)
+    reg = SmoothedRegressor(Linear(W), SIGMA, sound=False)
     low, high = _true_extremes(p)
     fails = 0
     for seed in range(RUNS):
@@ -131,7 +132,7 @@ def test_joint_intervals_of_two_outputs_hold_together():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.reshape(len(x), -1) @ w2
 
-    reg = SmoothedRegressor(Two(), SIGMA)
+    reg = SmoothedRegressor(Two(), SIGMA, sound=False)
     centre = (X @ w2).numpy()
     norms = w2.norm(dim=0).numpy()
     fails = 0
@@ -159,7 +160,7 @@ def test_positive_control_an_interval_narrowed_by_one_order_statistic_fails():
     alpha)) fails the narrowed one.
     """
     runs = 20_000
-    reg = SmoothedRegressor(Linear(W), SIGMA)
+    reg = SmoothedRegressor(Linear(W), SIGMA, sound=False)
     y = reg.samples(X, n=runs * N, batch_size=10_000, generator=torch.Generator().manual_seed(7))[:, 0]
     ordered = np.sort(y.reshape(runs, N), axis=1)
     low, high = _true_extremes(0.5)
@@ -273,3 +274,56 @@ def test_the_residual_total_variation_moves_the_order_statistics_by_the_predicte
     assert before.lower_index == lower_order_index(n, p_low, (ALPHA - n * before.tv_bound) / (2 * D))
     assert after.lower[0] <= before.lower[0] and after.upper[0] >= before.upper[0]
     assert np.array_equal(after.estimate, before.estimate)  # the same draws
+
+
+def test_auto_certifies_an_off_grid_input_in_float_mode_and_an_on_grid_one_in_sound_mode():
+    reg = SmoothedRegressor(Linear(W), SIGMA)
+    assert reg.sound == "auto"
+    kw = {"n": 100, "alpha": ALPHA, "radius": RADIUS, "batch_size": 100}
+    with pytest.warns(SmoothingWarning, match="off the grid"):
+        off = reg.certify(X, **kw, generator=torch.Generator().manual_seed(0))
+    on = reg.certify(X_GRID, **kw, generator=torch.Generator().manual_seed(0))
+    assert (off.sound, off.grid, off.tv_bound, off.grid_offset) == (False, None, 0.0, 0.0)
+    assert (on.sound, on.grid, on.grid_offset) == (True, 255, 0.0) and on.tv_bound == reg.tv_bound(4) > 0
+
+
+def _index_jump(n: int, level: float) -> float:
+    """The radius r* (to 1e-15) at which the lower order statistic chosen for the median at ``level``
+    moves down by one: below r* it is k, from r* on k - 1 (the shifted percentile Phi(-r/sigma) falls)."""
+    y = np.zeros((n, 1))
+
+    def index(r: float) -> int:
+        return percentile_bounds(y, radius=r, sigma=SIGMA, alpha=level, percentile=0.5).lower_index
+
+    lo, hi = 0.05, 0.15
+    k = index(lo)
+    assert index(hi) < k
+    while hi - lo > 1e-15:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if index(mid) == k else (lo, mid)
+    return hi
+
+
+def test_a_sound_interval_covers_the_ball_of_radius_plus_grid_offset():
+    """An input off its grid point by 0.5e-4 / q per coordinate is certified about round_q(x): the
+    ball of r about x lies in the ball of r + o about round_q(x) (o = ||x - round_q(x)|| = 2 * 0.5e-4
+    / 255 for d = 4), so the percentiles are shifted for r + o. r is put just below the radius r* at
+    which the lower order statistic steps down, with r + o above it: the certificate takes the
+    outer order statistic, which the radius r alone (no offset) would not."""
+    n = 200
+    reg = SmoothedRegressor(Linear(W.double()), SIGMA, sound=True)  # float64 inputs: the offset is represented
+    level = ALPHA - n * reg.tv_bound(4)
+    x_grid = torch.round(X.double() * 255) / 255  # fl64(i / 255): offset 0
+    x = x_grid + 0.5e-4 / 255
+    expected = 2 * 0.5e-4 / 255
+    r = _index_jump(n, level) - expected / 2
+    gen = torch.Generator
+    c = reg.certify(x, n=n, alpha=ALPHA, radius=r, batch_size=n, generator=gen().manual_seed(4))
+    assert c.sound and c.radius == r and expected <= c.grid_offset <= expected * (1 + 1e-6)
+    y = reg.samples(x, n=n, batch_size=n, generator=gen().manual_seed(4))
+    shifted = percentile_bounds(y, radius=r + c.grid_offset, sigma=SIGMA, alpha=level, percentile=0.5)
+    plain = percentile_bounds(y, radius=r, sigma=SIGMA, alpha=level, percentile=0.5)
+    assert (c.lower_index, c.upper_index) == (shifted.lower_index, shifted.upper_index)
+    assert c.lower_index == plain.lower_index - 1 and c.lower[0] <= plain.lower[0]  # the offset widened it
+    exact = reg.certify(x_grid, n=n, alpha=ALPHA, radius=r, batch_size=n, generator=gen().manual_seed(4))
+    assert exact.grid_offset == 0.0 and exact.lower_index == plain.lower_index  # control: no offset, no shift

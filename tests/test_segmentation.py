@@ -23,7 +23,7 @@ from smoothcert.core.segmentation import (
     holm_reject,
     segmentation_radius,
 )
-from smoothcert.smoothing.certificates import ABSTAIN
+from smoothcert.smoothing.certificates import ABSTAIN, SmoothingWarning
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
 
@@ -38,7 +38,10 @@ SIGMA = 0.5
 
 
 def _pixels(probabilities: np.ndarray) -> torch.Tensor:
-    """An input whose pixel ``i`` takes class 1 with probability ``probabilities[i]``."""
+    """An input whose pixel ``i`` takes class 1 with probability ``probabilities[i]``.
+
+    Off the 8-bit grid: the statistical tests on it use ``sound=False`` (float mode), whose law is
+    the one these probabilities describe."""
     return torch.tensor(SIGMA * st.norm.ppf(probabilities), dtype=torch.float32).reshape(1, 8, 8)
 
 
@@ -95,7 +98,7 @@ def test_certify_pixels_refuses_an_unknown_correction():
 def test_certificate_is_frozen_and_consistent():
     probs = np.full(64, 0.9999)
     probs[:8] = 0.5
-    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=False)
     cert = seg.certify(
         _pixels(probs), n0=20, n=500, alpha=0.01, tau=0.9, batch_size=256, generator=torch.Generator().manual_seed(1)
     )
@@ -113,7 +116,7 @@ def test_certificate_is_frozen_and_consistent():
 
 def test_certify_taus_share_draws_and_match_single_calls():
     probs = np.linspace(0.55, 0.999, 64)
-    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=False)
     x = _pixels(probs)
     both = seg.certify_taus(x, n0=10, n=300, alpha=0.05, taus=[0.6, 0.8], batch_size=128, generator=torch.Generator().manual_seed(4))
     for tau, cert in zip([0.6, 0.8], both, strict=True):
@@ -124,7 +127,7 @@ def test_certify_taus_share_draws_and_match_single_calls():
 
 def test_predict_labels_the_clear_pixels():
     probs = np.where(np.arange(64) % 2 == 0, 0.9999, 0.0001)
-    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=False)
     pred = seg.predict(_pixels(probs), n=200, alpha=0.01, batch_size=200, generator=torch.Generator().manual_seed(2))
     assert pred.labels.reshape(-1).tolist() == [1 - (i % 2) for i in range(64)]
     assert pred.abstain_fraction == 0.0
@@ -152,7 +155,7 @@ def _family_errors(use_holm: bool) -> int:
     probs[48:56] = 0.5
     probs[56:] = 0.999
     p_class1 = probs
-    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=False)
     x = _pixels(probs)
     errors = 0
     for seed in range(RUNS):
@@ -234,7 +237,7 @@ def test_predict_decides_pixels_at_alpha_over_m():
     (every other pixel rejected first, it is tested at alpha); Bonferroni leaves it out."""
     probs = np.full(64, 0.9999)
     probs[0] = 0.55
-    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8), sound=False)
     pred = seg.predict(_pixels(probs), n=400, alpha=0.05, batch_size=400, generator=torch.Generator().manual_seed(3))
     p = pred.pvalues.reshape(-1)
     assert 0.05 / 64 < p[0] <= 0.05, p[0]  # the case that tells the two corrections apart (these seeds)
@@ -318,3 +321,53 @@ def test_the_residual_total_variation_enters_certify_and_predict(monkeypatch):
     monkeypatch.setattr(seg, "tv_bound", lambda dim: alpha / n)  # nothing left: refused by name
     with pytest.raises(ConfigError, match="tv_bound"):
         seg.certify(x, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64)
+
+
+# ------------------------------------------------------------------------------ "auto": per input
+
+
+def test_auto_certifies_an_off_grid_input_in_float_mode_and_an_on_grid_one_in_sound_mode(monkeypatch):
+    """One batch, two inputs: the off-grid one gets float mode (sound False, tv 0, a warning), the
+    8-bit one sound mode, each with its own level. With tv_bound planted at t, alpha - n t = 1e-9
+    certifies nothing (0.75^50 = 5.7e-7 > 1e-9 / 64) where the float input, at alpha, certifies
+    every pixel: the level is per input, not the model's."""
+    n, alpha = 50, 0.1
+    probs = np.full(64, 0.99999)
+    xs = torch.stack([_pixels(probs), _on_grid(probs)])
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))
+    assert seg.sound == "auto"
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    with pytest.warns(SmoothingWarning, match="off the grid"):
+        off, on = seg.certify_batch(xs, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64, generator=gens)
+    assert (off.sound, off.grid, off.tv_bound, off.grid_offset) == (False, None, 0.0, 0.0)
+    assert (on.sound, on.grid, on.grid_offset) == (True, 255, 0.0) and on.tv_bound == seg.tv_bound(64) > 0
+    assert off.radius == on.radius == segmentation_radius(0.75, sigma=SIGMA)  # 8-bit input: no offset
+    t = (alpha - 1e-9) / n
+    monkeypatch.setattr(seg, "tv_bound", lambda dim: t)
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    off, on = seg.certify_batch(xs, n0=10, n=n, alpha=alpha, tau=0.75, batch_size=64, generator=gens)  # warned once
+    assert off.tv_bound == 0.0 and np.all(off.labels == 1)  # float mode: at alpha
+    assert on.tv_bound == t and np.all(on.labels == ABSTAIN)  # sound mode: at alpha - n t
+    pred = seg.predict(xs[0], n=n, alpha=alpha, batch_size=64, generator=torch.Generator().manual_seed(3))
+    assert (pred.sound, pred.grid, pred.tv_bound) == (False, None, 0.0) and np.all(pred.labels == 1)
+
+
+def test_a_sound_radius_gives_up_the_grid_offset():
+    """An input off its grid point by 0.5e-4 / q in each of the 64 pixels (within the grid's
+    tolerance, so sound mode) is certified about round_q(x): its radius is the common radius less
+    grid_offset = ||x - round_q(x)||_2 = 8 * 0.5e-4 / 255 (rounded up); the exact grid input keeps
+    the common radius. float64 inputs so that the offset is represented."""
+    probs = np.linspace(0.8, 0.99999, 64)
+    grid_x = torch.round(torch.tensor(SIGMA * st.norm.ppf(probs)).reshape(1, 8, 8) * 255) / 255  # fl64(i / 255)
+    shifted = grid_x + 0.5e-4 / 255
+    seg = SmoothedSegmenter(ThresholdSegmenter(), 2, SIGMA, input_shape=(1, 8, 8))  # "auto": both on the grid
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
+    exact, moved = seg.certify_batch(
+        torch.stack([grid_x, shifted]), n0=10, n=100, alpha=0.05, tau=0.75, batch_size=100, generator=gens
+    )
+    common = segmentation_radius(0.75, sigma=SIGMA)
+    expected = 8 * 0.5e-4 / 255
+    assert exact.sound and moved.sound and exact.grid_offset == 0.0 and exact.radius == common
+    assert expected <= moved.grid_offset <= expected * (1 + 1e-6)
+    assert moved.radius == common - moved.grid_offset < common
+    assert np.array_equal(moved.counts, exact.counts)  # the same grid point, the same draws

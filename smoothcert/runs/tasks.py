@@ -10,7 +10,9 @@ those rows is the whole image's cost. Design notes: ``docs/tasks.md`` §6.
 
 Noise is drawn in sound mode on the scenes' 8-bit grid (``i / 255``) unless ``float_noise`` is set
 (``--float-noise``); the log's identity records ``sound`` and ``grid``, so a log is resumed only
-in the mode that wrote it (``docs/tasks.md`` §8).
+in the mode that wrote it (``docs/tasks.md`` §8). The smoothed model is built with ``sound=True``
+or ``sound=False``, never the library's default ``"auto"``: every row of a log is in the mode its
+identity names, and a scene off the grid is refused in sound mode rather than certified in float mode.
 """
 
 from __future__ import annotations
@@ -251,7 +253,9 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         bar = progress(
             total=len(todo), desc=f"certify --task {config.task}", unit="img", enabled=config.progress and dist.is_main
         )
-        mode: dict[str, Any] = {"sound": config.sound, "grid": GRID if config.sound else None}
+        # explicitly sound=True (an off-grid scene is refused, never certified in float mode behind
+        # the log's back) or sound=False, never the library's per-input "auto"
+        mode: dict[str, Any] = {"sound": True, "grid": GRID} if config.sound else {"sound": False}
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(

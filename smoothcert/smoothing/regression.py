@@ -10,9 +10,14 @@ box ``(x0, y0, x1, y1)`` the four intervals bound the smoothed box at every inpu
 radius, and :func:`worst_case_iou` gives the smallest IoU of any box in the intervals with a
 reference box, computed exactly (``docs/tasks.md`` §3).
 
-**Sound mode** (``sound=True``; ``docs/tasks.md`` §8): the noise is drawn on the inputs' grid, on
-integers, and the order statistics are chosen at ``alpha - n * tv_bound`` (split over the outputs
-and the two sides), so the intervals hold at ``alpha`` under the sampler's law.
+**Sound mode** (per input, as :meth:`SmoothedModel.input_modes` decides: every input under
+``sound=True``, the inputs on the grid under the default ``"auto"``; ``docs/tasks.md`` §8): the
+noise is drawn on the input's grid, on integers, and the order statistics are chosen at
+``alpha - n * tv_bound`` (split over the outputs and the two sides), so the intervals hold at
+``alpha`` under the sampler's law. The theorem's centre is the grid point ``round_q(x)``: a ball of
+radius ``eps`` about ``x`` lies in the ball of ``eps + grid_offset`` about it
+(``grid_offset = ||x - round_q(x)||``), so the percentiles are shifted for ``eps + grid_offset``.
+An input in float mode has ``tv_bound = 0`` and ``grid_offset = 0``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +38,7 @@ from smoothcert.core.errors import ConfigError
 from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.engine import GeneratorArg, OutputSamples
 from smoothcert.smoothing.segmentation import sound_options
-from smoothcert.smoothing.smoothed import SmoothedModel
+from smoothcert.smoothing.smoothed import SmoothedModel, SoundArg
 
 __all__ = ["RegressionCertificate", "SmoothedRegressor", "box_iou", "worst_case_iou"]
 
@@ -51,22 +56,26 @@ class RegressionCertificate:
     With probability at least ``1 - alpha`` over the sampling, for every ``||delta|| <= radius``
     (in ``norm``) and *every* dimension ``j`` at once: ``lower[j] <= q_p(x + delta)[j] <= upper[j]``,
     where ``q_p`` is the smoothed output, the true ``p``-th percentile under the noise (not a
-    sample estimate of it).
+    sample estimate of it). In sound mode, for every such ``x + delta`` on the grid; the bounds
+    were computed for the ball of ``radius + grid_offset`` about ``round_q(x)``, which holds it.
 
     Attributes:
         estimate: the sample ``percentile`` of each output at ``x`` (an estimate of the smoothed
             prediction ``q_p(x)``, itself not certified to lie in the interval).
         lower, upper: the certified interval per dimension (``-inf`` / ``inf`` if ``n`` is too small).
-        radius: the perturbation radius certified.
+        radius: the perturbation radius certified, about ``x`` itself.
         percentile: ``p`` (``0.5``: median smoothing).
         alpha: joint failure probability over all dimensions (``alpha / D`` each, split in two sides).
         n: number of draws.
         sigma: noise level.
         lower_index, upper_index: the 1-based order statistics behind ``lower`` and ``upper``.
         norm: the norm of ``radius``.
-        sound, grid: whether the noise was drawn on the grid ``i / grid`` (sound mode).
+        sound, grid: whether this input was certified in sound mode (noise drawn on the grid
+            ``i / grid``; ``grid`` is ``None`` in float mode).
         tv_bound: the sampler's residual total variation per noisy input (0 in float mode); the
             order statistics were chosen at ``alpha - n * tv_bound``.
+        grid_offset: sound mode: ``||x - round_q(x)||`` in ``norm``, rounded up, added to ``radius``
+            in the percentile shift (0.0 for an input stored exactly on the grid, and in float mode).
     """
 
     estimate: NDArray[np.float64]
@@ -83,6 +92,7 @@ class RegressionCertificate:
     sound: bool = False
     grid: int | None = None
     tv_bound: float = 0.0
+    grid_offset: float = 0.0
 
     @property
     def width(self) -> NDArray[np.float64]:
@@ -97,7 +107,7 @@ class SmoothedRegressor(SmoothedModel):
     Lipschitz property of ``Phi^-1`` of smoothed indicator functions. ``norm`` may be ``"l2"``,
     ``"l1"`` (an l1 ball lies in the l2 ball of the same radius) or ``"linf"`` (the l2 radius is
     ``sqrt(d)`` times the linf one). ``sound`` and ``grid`` are passed to :class:`SmoothedModel` as
-    given (left out: its default). Other arguments as in :class:`SmoothedModel`.
+    given (left out: its default, ``"auto"``). Other arguments as in :class:`SmoothedModel`.
     """
 
     def __init__(
@@ -111,7 +121,7 @@ class SmoothedRegressor(SmoothedModel):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = None,
-        sound: Any = None,
+        sound: SoundArg | None = None,
         grid: int | None = None,
     ) -> None:
         super().__init__(
@@ -128,14 +138,16 @@ class SmoothedRegressor(SmoothedModel):
         )
 
     def __repr__(self) -> str:
-        mode = f", sound=True, grid={self.grid})" if self.grid else ")"
+        mode = f", sound={self.sound!r}" + (f", grid={self.grid})" if self.grid is not None else ")")
         return f"SmoothedRegressor(sigma={self.sigma}, norm={self.norm!r}, device={self.device}" + mode
 
     def samples(
         self, x: torch.Tensor, *, n: int, batch_size: int, generator: GeneratorArg = None
     ) -> NDArray[np.float64]:
         """The base model's outputs on ``n`` noisy copies of ``x``: an ``(n, D)`` float64 array."""
-        xs = self._prepare(x, batch=False)
+        return self._samples(self._prepare(x, batch=False), n=n, batch_size=batch_size, generator=generator)
+
+    def _samples(self, xs: torch.Tensor, *, n: int, batch_size: int, generator: GeneratorArg) -> NDArray[np.float64]:
         out: list[NDArray[np.float64]] = self.run_engine(
             xs, OutputSamples(), n=check_int("n", n), batch_size=batch_size, generator=generator
         )
@@ -160,7 +172,8 @@ class SmoothedRegressor(SmoothedModel):
 
         ``alpha`` is the failure probability of all ``D`` intervals together: each dimension's
         two bounds use ``alpha / (2 D)`` (Bonferroni), so a box's four intervals hold jointly; in
-        sound mode ``(alpha - n * tv_bound) / (2 D)``. The intervals bound the smoothed output (the
+        sound mode ``(alpha - n * tv_bound) / (2 D)``, and the percentiles are shifted for
+        ``radius + grid_offset`` (module docstring). The intervals bound the smoothed output (the
         true percentile under the noise) at every input within ``radius``, not a sample estimate.
         """
         return self.certify_radii(
@@ -182,16 +195,19 @@ class SmoothedRegressor(SmoothedModel):
         alpha = check_alpha(alpha)
         p = pct.check_percentile(percentile)
         rs = [pct.check_radius(r) for r in radii]
-        y = self.samples(x, n=n, batch_size=check_int("batch_size", batch_size), generator=generator)
+        xs = self._prepare(x, batch=False)
+        modes = self.input_modes(xs)
+        tv, offset = float(modes.tv_bound[0]), float(modes.offset[0])
+        level = level_after_tv(alpha, n=n, tv_bound=tv)  # the whole event: docs/tasks.md §8
+        y = self._samples(xs, n=n, batch_size=check_int("batch_size", batch_size), generator=generator)
         if y.ndim != 2 or y.shape[1] == 0:
             raise ConfigError(f"the base model must return outputs of shape (batch, D), got samples {y.shape}")
-        dim = int(x.numel())
-        tv = self.tv_bound(dim)
-        level = level_after_tv(alpha, n=len(y), tv_bound=tv)  # the whole event: docs/tasks.md §8
+        dim = int(xs[0].numel())
         out = []
         for r in rs:
+            # the ball of r about x lies in the ball of r + offset about round_q(x), the theorem's centre
             b = pct.percentile_bounds(
-                y, radius=self._l2_radius(r, dim), sigma=self.sigma, alpha=level / y.shape[1], percentile=p
+                y, radius=self._l2_radius(r + offset, dim), sigma=self.sigma, alpha=level / y.shape[1], percentile=p
             )
             out.append(
                 RegressionCertificate(
@@ -206,9 +222,8 @@ class SmoothedRegressor(SmoothedModel):
                     lower_index=b.lower_index,
                     upper_index=b.upper_index,
                     norm=self.norm,
-                    sound=self.grid is not None,
-                    grid=self.grid,
-                    tv_bound=tv,
+                    **modes.fields(0),
+                    grid_offset=offset,
                 )
             )
         return out

@@ -9,10 +9,14 @@ the others abstain. Per-pixel PREDICT is corrected with Bonferroni's method (``d
 The statistics are in :mod:`smoothcert.core.segmentation`; the sampling is the one engine's
 :class:`~smoothcert.smoothing.engine.PixelVotes` reduction.
 
-**Sound mode** (``sound=True``, ``docs/sound.md``, ``docs/tasks.md`` §8): the noise is drawn on the
-inputs' grid, on integers; each test then runs at ``alpha - n * tv_bound`` under the ideal law
-(:func:`smoothcert.core.sound_level.level_after_tv`), so the certificate holds at ``alpha`` under
-the sampler's law, for every input on the grid within the radius.
+**Sound mode** (per input, as :meth:`SmoothedModel.input_modes` decides: every input under
+``sound=True``, the inputs on the grid under the default ``"auto"``; ``docs/sound.md``,
+``docs/tasks.md`` §8): the noise is drawn on the input's grid, on integers; each test then runs at
+``alpha - n * tv_bound`` under the ideal law (:func:`smoothcert.core.sound_level.level_after_tv`),
+so the certificate holds at ``alpha`` under the sampler's law, for every input on the grid within
+the radius. The theorem's centre is the grid point ``round_q(x)``, so the common radius is reduced
+by the input's ``grid_offset = ||x - round_q(x)||``. An input in float mode has ``tv_bound = 0``
+and ``grid_offset = 0``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.certificates import ABSTAIN
 from smoothcert.smoothing.engine import GeneratorArg, PixelVotes
 from smoothcert.smoothing.noises import Noise
-from smoothcert.smoothing.smoothed import SmoothedModel
+from smoothcert.smoothing.smoothed import SmoothedModel, SoundArg
 
 __all__ = ["ABSTAIN", "SegmentationCertificate", "SegmentationPrediction", "SmoothedSegmenter", "sound_options"]
 
 
-def sound_options(sound: Any, grid: int | None) -> dict[str, Any]:
+def sound_options(sound: SoundArg | None, grid: int | None) -> dict[str, Any]:
     """The ``sound=`` / ``grid=`` keywords to pass on to :class:`SmoothedModel`: those given (not None),
     so that a dense model left without them gets :class:`SmoothedModel`'s own default."""
     out: dict[str, Any] = {}
@@ -58,20 +62,26 @@ class SegmentationCertificate:
     """Result of segmentation CERTIFY for one input.
 
     With probability at least ``1 - alpha`` over the sampling, *every* pixel with
-    ``labels[i] != ABSTAIN`` satisfies ``g_i(x + delta) = labels[i]`` for all ``||delta|| < radius``.
+    ``labels[i] != ABSTAIN`` satisfies ``g_i(x + delta) = labels[i]`` for all ``||delta|| < radius``
+    (in sound mode, every such ``x + delta`` on the grid; the theorem's centre is ``round_q(x)``, and
+    ``radius`` is already reduced by ``grid_offset``, so it is a radius about ``x`` itself).
 
     Attributes:
         labels: ``(H, W)`` int64 certified classes, ``ABSTAIN`` (-1) where not certified.
         selected: ``(H, W)`` the classes guessed from the ``n0`` selection draws.
         counts: ``(H, W)`` votes for the selected class among the ``n`` estimation draws.
         pvalues: ``(H, W)`` one-sided binomial p-values of ``H0: p_i <= tau`` (uncorrected).
-        radius: the common radius of the certified pixels (the noise's radius at ``tau``).
+        radius: the common radius of the certified pixels: the noise's radius at ``tau``, in sound
+            mode less ``grid_offset`` (at least 0), so a radius about ``x`` itself.
         tau: the per-pixel probability threshold.
         abstain_fraction: fraction of pixels that abstain.
         n, n0, alpha, sigma, norm, noise: the settings.
-        sound, grid: whether the noise was drawn on the grid ``i / grid`` (sound mode).
+        sound, grid: whether this input was certified in sound mode (noise drawn on the grid
+            ``i / grid``; ``grid`` is ``None`` in float mode).
         tv_bound: the sampler's residual total variation per noisy input (0 in float mode); Holm's
             procedure ran at ``alpha - n * tv_bound``.
+        grid_offset: sound mode: ``||x - round_q(x)||`` in ``norm``, rounded up, subtracted from the
+            radius (0.0 for an input stored exactly on the grid, and in float mode).
     """
 
     labels: NDArray[np.int64]
@@ -90,6 +100,7 @@ class SegmentationCertificate:
     sound: bool = False
     grid: int | None = None
     tv_bound: float = 0.0
+    grid_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class SegmentationPrediction:
         abstain_fraction: fraction of pixels that abstain.
         n, alpha: the settings.
         pvalues: ``(H, W)`` two-sided p-values of each pixel's top class against its runner-up.
-        sound, grid, tv_bound: as in :class:`SegmentationCertificate`; the pixels were tested at
-            ``(alpha - n * tv_bound) / m``.
+        sound, grid, tv_bound: this input's mode, as in :class:`SegmentationCertificate`; the pixels
+            were tested at ``(alpha - n * tv_bound) / m``.
     """
 
     labels: NDArray[np.int64]
@@ -130,7 +141,8 @@ class SmoothedSegmenter(SmoothedModel):
         output_shape: ``(H, W)`` of the model's score maps; by default the input's last two
             dimensions (fully-convolutional models at the input's resolution).
         sound, grid: sound mode and its grid, passed to :class:`SmoothedModel` as given (left
-            out: :class:`SmoothedModel`'s default).
+            out: :class:`SmoothedModel`'s default, ``"auto"``: each input on the grid 255 in sound
+            mode, any other in float mode, with a one-time warning).
     """
 
     def __init__(
@@ -147,7 +159,7 @@ class SmoothedSegmenter(SmoothedModel):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         pass_size: int | Literal["auto"] | None = None,
-        sound: Any = None,
+        sound: SoundArg | None = None,
         grid: int | None = None,
     ) -> None:
         super().__init__(
@@ -168,7 +180,8 @@ class SmoothedSegmenter(SmoothedModel):
     def __repr__(self) -> str:
         return (
             f"SmoothedSegmenter(num_classes={self.num_classes}, sigma={self.sigma}, noise={self.noise.name!r}, "
-            f"norm={self.norm!r}, device={self.device}" + (f", sound=True, grid={self.grid})" if self.grid else ")")
+            f"norm={self.norm!r}, device={self.device}, sound={self.sound!r}"
+            + (f", grid={self.grid})" if self.grid is not None else ")")
         )
 
     def pixel_counts(
@@ -282,6 +295,11 @@ class SmoothedSegmenter(SmoothedModel):
         if len(xs) == 0:
             return [[] for _ in taus]
         dim = int(xs[0].numel())
+        modes = self.input_modes(xs)
+        # the selection is independent of the estimation draws: given it, only the n estimation
+        # draws move the error probability, by at most n * tv (docs/tasks.md §8); per input, as
+        # each input's mode gives its tv (0 in float mode)
+        levels = [level_after_tv(alpha, n=n, tv_bound=float(t)) for t in modes.tv_bound]
         selection: NDArray[np.int64] = self.run_engine(
             xs, PixelVotes(self.num_classes), n=n0, batch_size=batch_size, generator=generator
         )
@@ -289,18 +307,16 @@ class SmoothedSegmenter(SmoothedModel):
             xs, PixelVotes(self.num_classes), n=n, batch_size=batch_size, generator=generator
         )
         shape = self._shape(xs, selection.shape[1])
-        tv = self.tv_bound(dim)
-        # the selection is independent of the estimation draws: given it, only the n estimation
-        # draws move the error probability, by at most n * tv (docs/tasks.md §8)
-        level = level_after_tv(alpha, n=n, tv_bound=tv)
         selected = selection.argmax(axis=2)
         counts = np.take_along_axis(estimation, selected[:, :, None], axis=2)[:, :, 0]
         out: list[list[SegmentationCertificate]] = []
         for tau in taus:
-            radius = seg.segmentation_radius(tau, sigma=self.sigma, noise=self.noise.name, norm=self.norm, dim=dim)
+            common = seg.segmentation_radius(tau, sigma=self.sigma, noise=self.noise.name, norm=self.norm, dim=dim)
+            # the radius about round_q(x) less the grid offset is a radius about x (docs/sound.md §2)
+            radii = np.maximum(common - modes.offset, 0.0)
             row = []
             for i in range(len(xs)):
-                certified, pvalues = seg.certify_pixels(counts[i], n, tau=tau, alpha=level, correction=correction)
+                certified, pvalues = seg.certify_pixels(counts[i], n, tau=tau, alpha=levels[i], correction=correction)
                 labels = np.where(certified, selected[i], ABSTAIN).astype(np.int64)
                 row.append(
                     SegmentationCertificate(
@@ -308,7 +324,7 @@ class SmoothedSegmenter(SmoothedModel):
                         selected=_frozen(selected[i].astype(np.int64).reshape(shape)),  # type: ignore[arg-type]
                         counts=_frozen(counts[i].astype(np.int64).reshape(shape)),  # type: ignore[arg-type]
                         pvalues=_frozen(pvalues.reshape(shape)),  # type: ignore[arg-type]
-                        radius=radius,
+                        radius=float(radii[i]),
                         tau=tau,
                         abstain_fraction=float(1.0 - certified.mean()),
                         n=n,
@@ -317,9 +333,8 @@ class SmoothedSegmenter(SmoothedModel):
                         sigma=self.sigma,
                         norm=self.norm,
                         noise=self.noise.name,
-                        sound=self.grid is not None,
-                        grid=self.grid,
-                        tv_bound=tv,
+                        **modes.fields(i),
+                        grid_offset=float(modes.offset[i]),
                     )
                 )
             out.append(row)
@@ -337,8 +352,8 @@ class SmoothedSegmenter(SmoothedModel):
         alpha = check_alpha(alpha)
         n = check_int("n", n)
         xs = self._prepare(x, batch=False)
-        tv = self.tv_bound(int(xs[0].numel()))
-        level = level_after_tv(alpha, n=n, tv_bound=tv)
+        modes = self.input_modes(xs)
+        level = level_after_tv(alpha, n=n, tv_bound=float(modes.tv_bound[0]))
         counts: NDArray[np.int64] = self.run_engine(
             xs, PixelVotes(self.num_classes), n=n, batch_size=check_int("batch_size", batch_size), generator=generator
         )
@@ -351,7 +366,5 @@ class SmoothedSegmenter(SmoothedModel):
             n=n,
             alpha=alpha,
             pvalues=_frozen(pvalues.reshape(shape)),  # type: ignore[arg-type]
-            sound=self.grid is not None,
-            grid=self.grid,
-            tv_bound=tv,
+            **modes.fields(0),
         )
