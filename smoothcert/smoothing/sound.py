@@ -21,6 +21,7 @@ is the only assumption.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -88,12 +89,31 @@ class GridNoise:
         j = self.draw_(torch.empty(out.shape, dtype=torch.int32, device=out.device), generator)
         return out.copy_(j).div_(self.grid)
 
+    def grid_points(self, x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
+        """``i = round(q x)`` as int32 on ``x``'s device, or a ConfigError if ``x`` is off the grid.
+
+        The rule is :func:`smoothcert.core.lattice.require_on_grid` (``|q x - round(q x)| <=
+        GRID_TOLERANCE`` in every coordinate); this computes its inputs on the device, in float64,
+        with one transfer of four numbers.
+        """
+        flat = x.detach().reshape(-1).to(torch.float64)
+        scaled = flat * self.grid
+        ints = torch.round(scaled)
+        if scaled.numel():
+            dev = (scaled - ints).abs_().nan_to_num_(nan=math.inf)
+            k = dev.argmax()
+            worst, value, magnitude = torch.stack([dev[k], flat[k], ints.abs().max()]).tolist()
+            lattice.require_on_grid(worst, q=self.grid, index=int(k), value=value, magnitude=magnitude, name=name)
+        return ints.to(torch.int32).view(x.shape)
+
     def perturb_(self, out: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fill ``out`` (``(s, *x.shape)``, float) with ``(i + j) / q``, ``i = round(q x)``; return ``out``.
 
-        ``x`` must be on the grid (checked by the smoothed model before sampling).
+        Refuses (ConfigError, one line naming the coordinate, its value and its offset) an ``x`` that
+        is off the grid (:meth:`grid_points`): noise is never put on an input that sound mode does
+        not cover, whichever public path reached the engine.
         """
-        i = torch.round(x.to(torch.float64) * self.grid).to(torch.int32)
+        i = self.grid_points(x)
         j = self.draw_(torch.empty(out.shape, dtype=torch.int32, device=out.device), generator)
         j += i
         return out.copy_(j).div_(self.grid)
