@@ -71,13 +71,21 @@ ROUTES = {
     "certify_sequential": lambda c, x: certify_sequential(c, x[None], _seq(), labels=None, generator=_gen()),
     "run_engine": lambda c, x: c.run_engine(x[None], ClassVotes(2), n=64, batch_size=64, generator=_gen()),
     "run_samples": lambda c, x: run_samples(
-        _sum_classifier, x[None], n=64, noise=GridNoise(make_noise("gaussian", SIGMA), Q),
-        reduction=ClassVotes(2), batch_size=64, generator=_gen(),
+        _sum_classifier,
+        x[None],
+        n=64,
+        noise=GridNoise(make_noise("gaussian", SIGMA), Q),
+        reduction=ClassVotes(2),
+        batch_size=64,
+        generator=_gen(),
     ),
     "run_engine+certificates_from_counts": lambda c, x: c.certificates_from_counts(
         c.run_engine(x[None], ClassVotes(2), n=32, batch_size=64, generator=_gen()),
         c.run_engine(x[None], ClassVotes(2), n=64, batch_size=64, generator=_gen()),
-        n0=32, n=64, alpha=0.001, dim=D,
+        n0=32,
+        n=64,
+        alpha=0.001,
+        dim=D,
     ),
 }
 
@@ -96,7 +104,9 @@ def test_one_off_grid_pixel_is_named_with_its_offset():
     x = torch.arange(D, dtype=torch.float32).remainder(256) / Q
     x[500] += 0.3 / Q
     noise = GridNoise(make_noise("gaussian", 0.25), Q)
-    with pytest.raises(ConfigError, match=r"coordinate 500 is 0\.\d+, \|255 \* x - round\(255 \* x\)\| = 0\.3 > 0\.0001"):
+    with pytest.raises(
+        ConfigError, match=r"coordinate 500 is 0\.\d+, \|255 \* x - round\(255 \* x\)\| = 0\.3 > 0\.0001"
+    ):
         noise.perturb_(torch.empty(4, D), x)
     # within the tolerance (float32 rounding of i / 255 is ~1e-5 grid steps) it is accepted
     x[500] = 244 / Q

@@ -199,7 +199,14 @@ def exact_tv(table: LatticeTable) -> Any:
 
 
 def require_on_grid(
-    worst: float, *, q: int, index: int, value: float, magnitude: float = 0.0, name: str = "x", tol: float = GRID_TOLERANCE
+    worst: float,
+    *,
+    q: int,
+    index: int,
+    value: float,
+    magnitude: float = 0.0,
+    name: str = "x",
+    tol: float = GRID_TOLERANCE,
 ) -> None:
     """The sound-mode grid rule, in one place: raise :class:`ConfigError` unless ``worst <= tol`` and
     ``magnitude <= 2^23``.
