@@ -361,7 +361,10 @@ def run_samples(
     x32 = inputs.to(noise_dtype)
     fmt = torch.channels_last if channels_last and inputs.ndim == 4 else torch.contiguous_format
     feed = inputs.dtype if feed_dtype is None else feed_dtype
-    convert = fmt is torch.channels_last or feed != noise_dtype
+    # a row-major buffer of one-channel images is already channels-last (the strides of a size-1
+    # dimension do not matter): then only a dtype change needs a copy
+    in_format = fmt is torch.contiguous_format or (inputs.ndim == 4 and inputs.shape[1] == 1)
+    convert = not in_format or feed != noise_dtype
     perturb = getattr(noise, "perturb_", None)
     amp = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
