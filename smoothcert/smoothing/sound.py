@@ -11,12 +11,18 @@ sees a deterministic function of the grid point ``x + j / q``, and the smoothed 
 exactly the smoothing of ``f o round_q`` under the continuous noise, up to the sampler's
 residual total variation (:meth:`GridNoise.tv_bound`).
 
-**Randomness.** Uniform integers come from ``torch.Tensor.random_(0, 2^k)`` with ``k`` = 16 and
-46: torch reduces the generator's raw 32- or 64-bit output modulo ``2^k``, which is exact
-because ``2^k`` divides ``2^32`` and ``2^64``. A draw's top 16 bits pick a bucket; in the few
-buckets that hold a threshold the remaining 46 bits are drawn and the full 62-bit value is
-looked up with ``torch.searchsorted``. The generator's output being uniform and independent
-is the only assumption.
+**Randomness.** Bucket codes come from 64-bit words (``random_(-2^63, None)``, each word one raw
+64-bit output of the generator): the word's four 16-bit fields, read as unsigned integers, are
+the codes of four coordinates. They are independent and uniform because the word's 64 bits are.
+A code picks a bucket (the top 16 bits of the coordinate's 62-bit uniform ``u``) through a fixed
+permutation that lists the buckets holding a threshold last, so one integer comparison finds
+them; those coordinates draw their 46 low bits with ``random_(0, 2^46)`` (exact: torch reduces a
+64-bit output modulo a power of two) and the full ``u`` is looked up with ``torch.searchsorted``.
+The generator's output being uniform and independent is the only assumption.
+
+**Input check.** :meth:`GridNoise.perturb_`, the only method that puts noise on an input, refuses
+an input off the grid (:meth:`GridNoise.grid_points`, the rule in
+:func:`smoothcert.core.lattice.require_on_grid`), once per call, whichever public path called it.
 """
 
 from __future__ import annotations
