@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.errors import ConfigError
 
 __all__ = [
     "AMBIGUOUS",
@@ -58,6 +59,7 @@ __all__ = [
     "exact_tv",
     "lattice_table",
     "pmf",
+    "require_on_grid",
 ]
 
 U_BITS = 62
@@ -72,6 +74,7 @@ AMBIGUOUS = -(2**31)
 """Marks a bucket holding a threshold in :attr:`LatticeTable.buckets`."""
 LATTICE_NOISES = ("gaussian", "laplace", "uniform")
 _TAIL = mpmath.mpf(2) ** -61  # per side
+_MAX_GRID_INDEX = 2**23  # |round(q x)| bound for sound-mode inputs
 _MAX_HALF_WIDTH = 2**22  # |low| bound: keeps |i + j| exactly representable in float32 for 8-bit grids
 
 
@@ -195,19 +198,50 @@ def exact_tv(table: LatticeTable) -> Any:
         return (total + outside) / 2
 
 
+def require_on_grid(
+    worst: float,
+    *,
+    q: int,
+    index: int,
+    value: float,
+    magnitude: float = 0.0,
+    name: str = "x",
+    tol: float = GRID_TOLERANCE,
+) -> None:
+    """The sound-mode grid rule, in one place: raise :class:`ConfigError` unless ``worst <= tol`` and
+    ``magnitude <= 2^23``.
+
+    ``worst`` is the largest offset ``|q x - round(q x)|`` over the input's coordinates (NaN counts
+    as off the grid), ``index`` and ``value`` name the coordinate where it occurs and ``magnitude`` is
+    the largest ``|round(q x)|``. Callers compute these with numpy (:func:`check_grid`) or on the
+    input's device (:meth:`smoothcert.smoothing.sound.GridNoise.perturb_`); only this function decides.
+    """
+    if not worst <= tol:
+        raise ConfigError(
+            f"{name} is not on the grid 1/{q} required by sound mode: coordinate {index} is {value!r}, "
+            f"|{q} * x - round({q} * x)| = {worst:.3g} > {tol:g} (quantize the input or use float mode)"
+        )
+    if not magnitude <= _MAX_GRID_INDEX:
+        raise ConfigError(f"{name} is too large for sound mode on the grid 1/{q}: |{q} * x| must be <= 2^23")
+
+
 def check_grid(values: ArrayLike, q: int, *, name: str = "x", tol: float = GRID_TOLERANCE) -> NDArray[np.int64]:
-    """``round(q * values)`` as int64, or a ValueError naming the worst coordinate if off the grid."""
+    """``round(q * values)`` as int64, or a ConfigError naming the worst coordinate if off the grid
+    (the rule: :func:`require_on_grid`)."""
     q = check_int("grid", q)
     v = np.asarray(values, dtype=np.float64)
     scaled = v * q
     ints = np.rint(scaled)
-    dev = np.abs(scaled - ints)
-    if dev.size and not float(dev.max()) <= tol:
+    if v.size:
+        dev = np.nan_to_num(np.abs(scaled - ints), nan=np.inf)
         k = int(np.argmax(dev))
-        raise ValueError(
-            f"{name} is not on the grid 1/{q} required by sound mode: coordinate {k} is {float(v.flat[k])!r}, "
-            f"|{q} * x - round({q} * x)| = {dev.flat[k]:.3g} > {tol:g} (quantize the input or use float mode)"
+        require_on_grid(
+            float(dev.flat[k]),
+            q=q,
+            index=k,
+            value=float(v.flat[k]),
+            magnitude=float(np.abs(ints).max()),
+            name=name,
+            tol=tol,
         )
-    if ints.size and float(np.abs(ints).max()) > 2**23:
-        raise ValueError(f"{name} is too large for sound mode on the grid 1/{q}: |{q} * x| must be <= 2^23")
     return ints.astype(np.int64)

@@ -13,15 +13,16 @@ there and adds no floating-point noise); otherwise the engine calls ``sample_(ou
 and adds ``x``.
 
 **Noise.** A noise is any object with a ``sample_(out, generator)`` method that fills a float32
-tensor in place (see :mod:`smoothcert.smoothing.noises`: draws are made in float64 and rounded
-once); ``sigma=`` alone means isotropic Gaussian noise. Noise is always drawn and added in
-float32 into a contiguous (row-major) buffer, whatever the input's dtype and whatever memory
-format the model runs in, so options such as channels-last or a half-precision model change
-speed (or the base classifier's numerics), never the noise stream. In float mode the model
-sees ``fl(x + eps)``, which the radius formulas do not strictly cover (``docs/sound.md`` §1);
-sound mode removes that caveat for inputs on a grid. The noisy batch is converted (layout,
-dtype) only on its way into the model; a half-precision model then classifies ``cast(x + eps)``,
-a deterministic function of ``x + eps``, so it is one more deterministic base classifier.
+tensor in place (see :mod:`smoothcert.smoothing.noises`: Gaussian draws are float32 with an
+accounted tail cut, the others float64 rounded once); ``sigma=`` alone means isotropic Gaussian
+noise. Noise is always drawn and added in float32 into a contiguous (row-major) buffer, whatever
+the input's dtype and whatever memory format the model runs in, so options such as channels-last
+or a half-precision model change speed (or the base classifier's numerics), never the noise
+stream. In float mode the model sees ``fl(x + eps)``, which the radius formulas do not strictly
+cover (``docs/sound.md`` §1); sound mode removes that caveat for inputs on a grid. The noisy
+batch is converted (layout, dtype) only on its way into the model; a half-precision model then
+classifies ``cast(x + eps)``, a deterministic function of ``x + eps``, so it is one more
+deterministic base classifier.
 
 **Segments and passes.** Each input's ``n`` samples are split into *segments* of
 ``min(batch_size, remaining)``, each drawn with one ``sample_`` call from the input's
@@ -361,7 +362,10 @@ def run_samples(
     x32 = inputs.to(noise_dtype)
     fmt = torch.channels_last if channels_last and inputs.ndim == 4 else torch.contiguous_format
     feed = inputs.dtype if feed_dtype is None else feed_dtype
-    convert = fmt is torch.channels_last or feed != noise_dtype
+    # a row-major buffer of one-channel images is already channels-last (the strides of a size-1
+    # dimension do not matter): then only a dtype change needs a copy
+    in_format = fmt is torch.contiguous_format or (inputs.ndim == 4 and inputs.shape[1] == 1)
+    convert = not in_format or feed != noise_dtype
     perturb = getattr(noise, "perturb_", None)
     amp = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
