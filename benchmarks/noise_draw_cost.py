@@ -1,10 +1,8 @@
-"""What the noise draws cost against a forward pass (Fashion-MNIST size, 1,000 draws).
+"""What the exact-tail noise draws cost against a forward pass (Fashion-MNIST size, 1,000 draws).
 
-Times, per 1,000 draws of 1x28x28: smoothcert's Gaussian sampler (float32 ``normal_``, 0.1's
-stream, its tail cut accounted by ``tail_bound``), 0.2's sampler (float64 draws rounded once), the
-sound-mode sampler (``GridNoise.perturb_`` on an 8-bit input: integer noise, the grid check, the
-division) and a small_cnn forward pass on the same batch (channels-last, inference mode). Median
-of ``--repeats`` rounds of 50 calls each.
+Times, per 1,000 draws of 1x28x28: smoothcert's Gaussian sampler (float64 draws rounded once, the
+0.2 noise stream), torch's float32 ``randn`` (0.1's stream) and a small_cnn forward pass on the
+same batch (channels-last, inference mode). Median of ``--repeats`` rounds of 50 calls each.
 
     python benchmarks/noise_draw_cost.py [--model runs/demo/model_sigma_0.5]
 """
@@ -18,8 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from smoothcert.smoothing.noises import _check_buffer, _draw64_, make_noise
-from smoothcert.smoothing.sound import GridNoise
+from smoothcert.smoothing.noises import make_noise
 
 
 def per_call_ms(f: Callable[[], object], *, calls: int = 50, repeats: int = 5) -> float:
@@ -56,20 +53,11 @@ def main() -> None:
         with torch.inference_mode():
             return model(out)
 
-    grid = GridNoise(noise, 255)
-    x = torch.randint(0, 256, (1, 28, 28), generator=torch.Generator().manual_seed(1)).float() / 255
-
-    def draws02() -> object:
-        return _draw64_(_check_buffer(out), lambda t: t.normal_(0.0, 0.5, generator=g))
-
     rows = {
-        "smoothcert Gaussian sampler (float32 normal_, 0.1's stream)": per_call_ms(
+        "smoothcert Gaussian sampler (float64 draws, rounded)": per_call_ms(
             lambda: noise.sample_(out, g), repeats=args.repeats
         ),
-        "0.2's Gaussian sampler (float64 draws, rounded)": per_call_ms(draws02, repeats=args.repeats),
-        "sound mode: GridNoise.perturb_ (grid 1/255)": per_call_ms(
-            lambda: grid.perturb_(out, x, g), repeats=args.repeats
-        ),
+        "torch.randn float32": per_call_ms(lambda: torch.randn(out.shape, generator=g, out=out), repeats=args.repeats),
         "small_cnn forward pass": per_call_ms(forward, repeats=args.repeats),
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per 1,000 inputs of 1x28x28 (median)")

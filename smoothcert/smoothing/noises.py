@@ -14,17 +14,16 @@ The radius formulas live in the torch-free :mod:`smoothcert.core.radii`; the obj
 to it. :meth:`Noise.sample_` fills a preallocated buffer in place from an explicit
 ``torch.Generator`` on the buffer's device.
 
-**What "exact" means here (float mode).** The only departure from the stated law that is
-accounted is the tail each sampler cuts, bounded per noise vector by :meth:`Noise.tail_bound`
-and recorded as the float-mode residual (subtracted from ``p_lower`` like sound mode's
-``tv_bound``): Gaussian noise on float32 buffers is torch's float32 ``normal_`` (Box–Muller on
-uniforms with at least 24 random bits: radius capped at ``sqrt(2 ln 2^24)``, about ``5.77 sigma``,
-mass ``2^-24`` per pair of coordinates, ``2.3e-5`` for 784 coordinates); Laplace and uniform
-noise draw in float64 (53-bit uniforms) and round once (Laplace: ``|x| <= b ln 2^53``, mass
-``<= 2^-52`` per coordinate; uniform: none). Beyond that, float-mode noise is a float
-approximation of the stated law and the model sees ``fl(x + eps)``: a discrete law that the
-radius formulas do not cover. A base classifier that reads low-order bits can exploit it
-(``docs/sound.md``); for quantized inputs use sound mode (:mod:`smoothcert.smoothing.sound`).
+**What "exact" means here (float mode).** Every sampler draws in float64 — torch's float64
+uniforms have 53 random bits (``k / 2^53``) — and rounds the result once to the buffer's dtype.
+The only truncation of the tails is the uniform's resolution: at most ``2^-50`` of each
+coordinate's mass is moved (Gaussian: Box–Muller radius capped at ``sqrt(2 ln 2^53)``, about
+``8.6 sigma``, mass ``2^-53``; Laplace: ``|x| <= b ln 2^53``, mass ``<= 2^-52``; uniform: none),
+so about ``d * 2^-50`` per noise vector (``1.3e-10`` at ImageNet size). Beyond that, float-mode
+noise is a float approximation of the stated law and the model sees ``fl(x + eps)``: a discrete
+law that the radius formulas do not cover. A base classifier that reads low-order bits can
+exploit it (``docs/sound.md``); for quantized inputs use sound mode
+(:mod:`smoothcert.smoothing.sound`).
 """
 
 from __future__ import annotations
@@ -38,23 +37,13 @@ import torch
 from numpy.typing import ArrayLike
 
 from smoothcert.core import radii as _radii
-from smoothcert.core.checks import check_int, check_sigma
+from smoothcert.core.checks import check_sigma
 
-__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise", "random_bits64_"]
+__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise"]
 
 # Chunk of the float64 draws: bounds the temporary buffer to 8 MiB per call.
 _CHUNK = 1 << 20
 _LAPLACE_FLOOR = 2.0**-53  # 1 - |v| for a float64 v in [-1, 1) is a multiple of 2^-52, or 0 at v = -1
-
-
-def random_bits64_(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill the int64 tensor ``out`` with uniform 64-bit words (all 64 bits random); return ``out``.
-
-    ``random_(-2^63, None)`` is torch's full-range draw: each element is one raw 64-bit output of
-    the generator (two 32-bit Mersenne-twister outputs on the CPU, Philox on CUDA), reinterpreted
-    as a signed integer. Its bit fields are therefore independent and uniform.
-    """
-    return out.random_(-(2**63), None, generator=generator)
 
 
 def _check_buffer(out: Any) -> torch.Tensor:
@@ -115,16 +104,6 @@ class Noise(ABC):
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fill ``out`` in place with i.i.d. draws of this noise from ``generator``; return ``out``."""
 
-    def tail_bound(self, dim: int) -> float:
-        """Bound on the mass of the stated law that the sampler cuts from one ``dim``-coordinate noise vector.
-
-        The float-mode residual (module docstring): a certificate subtracts it from ``p_lower``
-        as sound mode subtracts its ``tv_bound``. Family-specific; see each ``sample_``.
-        """
-        return float(check_int("dim", dim)) * self._TAIL_PER_COORDINATE
-
-    _TAIL_PER_COORDINATE: ClassVar[float] = 0.0
-
     def check_norm(self, norm: str) -> str:
         """Return ``norm`` if this noise certifies it, else raise ``ValueError``."""
         if not isinstance(norm, str) or norm not in _radii.NORMS:
@@ -170,28 +149,14 @@ class Gaussian(Noise):
     def scale(self) -> float:
         return self.sigma
 
-    # torch's float32 Box-Muller: uniforms with at least 24 random bits, so the radius is capped
-    # where exp(-r^2 / 2) = 2^-24: each pair of coordinates loses at most 2^-24 of its mass
-    _TAIL_PER_PAIR: ClassVar[float] = 2.0**-24
-
-    def tail_bound(self, dim: int) -> float:
-        """``ceil(dim / 2) * 2^-24``: the Box–Muller tail cut of the float32 draws, per noise vector."""
-        return float(-(-check_int("dim", dim) // 2)) * self._TAIL_PER_PAIR
-
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``out.normal_(0.0, sigma)`` on a float32 buffer (torch's vectorized Box–Muller, the stream
-        of smoothcert 0.1); float64 draws rounded once for any other dtype.
+        """``normal_(0.0, sigma)`` drawn in float64 (chunks of ``2^20``), then rounded to ``out``'s dtype.
 
-        torch's float32 ``normal_`` uses uniforms with 24 random bits on the CPU (32 on CUDA), so
-        ``u1 >= 2^-24`` and the radius ``sqrt(-2 ln u1)`` stops at ``sqrt(2 ln 2^24) ~ 5.77``: a tail of
-        mass ``2^-24`` per pair of coordinates is cut. :meth:`tail_bound` accounts for it (float64
-        draws cut less, ``2^-53`` per pair, and are covered by the same bound).
+        Float64 draws cap the Box–Muller radius at ``sqrt(2 ln 2^53)`` instead of float32's
+        ``sqrt(2 ln 2^24)``: the truncated mass drops from about ``2^-27`` to ``2^-53``.
         """
-        out = _check_buffer(out)
-        if out.dtype == torch.float32:
-            return out.normal_(0.0, self.sigma, generator=generator)
         sigma = self.sigma
-        return _draw64_(out, lambda t: t.normal_(0.0, sigma, generator=generator))
+        return _draw64_(_check_buffer(out), lambda t: t.normal_(0.0, sigma, generator=generator))
 
 
 @dataclass(frozen=True, repr=False)
@@ -203,7 +168,6 @@ class Laplace(Noise):
 
     name: ClassVar[str] = "laplace"
     norms: ClassVar[tuple[str, ...]] = _radii.supported_norms("laplace")
-    _TAIL_PER_COORDINATE: ClassVar[float] = 2.0**-52  # |x| <= b ln 2^53 (sample_)
 
     @property
     def scale(self) -> float:
