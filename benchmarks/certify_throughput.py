@@ -247,7 +247,7 @@ def bench_certify(arch: str, config: str, args: argparse.Namespace, device: torc
 
     row: dict[str, Any] = {"model": arch, "config": config, "batch": b, "n0": n0, "n": n}
     if config == "old":
-        smoothed = SmoothedClassifier(model, k, sigma, device=device, pass_size=None)
+        smoothed = SmoothedClassifier(model, k, sigma, device=device, pass_size=None, sound=False)
         row["pass_size"] = b
 
         def old(m: int = n) -> None:
@@ -265,7 +265,7 @@ def bench_certify(arch: str, config: str, args: argparse.Namespace, device: torc
         row["pass_size"] = p
         # pass_size="auto" finds the value just probed in choose_pass_size's cache (same model, shape, options)
         smoothed = SmoothedClassifier(
-            fast, k, sigma, device=device, channels_last=True, pass_size="auto", autocast_dtype=amp
+            fast, k, sigma, device=device, channels_last=True, pass_size="auto", autocast_dtype=amp, sound=False
         )
         data = torch.rand((p, *shape), device=device).contiguous(memory_format=torch.channels_last)
 
@@ -306,7 +306,7 @@ def bench_predict(arch: str, args: argparse.Namespace, device: torch.device) -> 
     if args.quick and not args.predict_inputs:
         count = max(5, count // 10)
     xs = torch.rand((count, *shape), device=device)
-    smoothed = SmoothedClassifier(fast, k, 0.25, device=device, channels_last=True, pass_size="auto")
+    smoothed = SmoothedClassifier(fast, k, 0.25, device=device, channels_last=True, pass_size="auto", sound=False)
     gen = torch.Generator(device=device).manual_seed(0)
     n, b = args.predict_n, args.batch
     times = round_times(
@@ -341,7 +341,7 @@ tune_malloc(); set_threads()
 shape = {SHAPES[arch]!r}
 m = build_model({arch!r}, num_classes=10, in_channels=shape[0], mean=[0.5]*shape[0], std=[0.25]*shape[0]).to({device!r}).eval()
 m = m.to(memory_format=torch.channels_last)
-s = SmoothedClassifier(m, 10, 0.25, device={device!r}, channels_last=True, pass_size="auto")
+s = SmoothedClassifier(m, 10, 0.25, device={device!r}, channels_last=True, pass_size="auto", sound=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s.certify(torch.rand(shape), n0=100, n={n}, alpha=0.001, batch_size={batch})
 gpu = torch.cuda.max_memory_allocated() / 2**20 if {device!r}.startswith('cuda') else None

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         if differ:
             p.error(f"--baseline {args.baseline} was certified with other {', '.join(differ)}: not paired")
     model = Heads(members, heads)
-    smoothed = SmoothedClassifier(model, NUM_CLASSES, args.sigma, input_shape=SHAPE)
+    smoothed = SmoothedClassifier(model, NUM_CLASSES, args.sigma, input_shape=SHAPE, sound=False)
     smoothed.probe_pass_size(batch_size=args.batch)
     model.saved = [0] * len(heads)  # the probe's passes are not certification's
     writers = {
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     check = {}
     for h in heads:
         same = 0
-        lib = SmoothedClassifier(h.module(members), NUM_CLASSES, args.sigma, input_shape=SHAPE)
+        lib = SmoothedClassifier(h.module(members), NUM_CLASSES, args.sigma, input_shape=SHAPE, sound=False)
         for j, i in enumerate(idx[: args.check]):
             x, _ = data[i]
             c = lib.certify(

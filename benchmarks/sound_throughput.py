@@ -48,7 +48,7 @@ def measure(*, n0: int, n: int, batch_size: int, rounds: int, sigma: float, devi
     model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530]).to(device).eval()
     x = (torch.randint(0, 256, (1, 28, 28), generator=torch.Generator().manual_seed(1)).float() / 255).to(device)
     modes = {
-        "float": SmoothedClassifier(model, 10, sigma, device=device),
+        "float": SmoothedClassifier(model, 10, sigma, device=device, sound=False),
         "sound": SmoothedClassifier(model, 10, sigma, device=device, sound=True, grid=255),
     }
     samplers = {"float": Gaussian(sigma), "sound": GridNoise(Gaussian(sigma), 255)}

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     cl_model = cl_model.to(memory_format=torch.channels_last)
     common: dict[str, Any] = dict(num_classes=10, sigma=sigma, channels_last=True, pass_size="auto")
     smoothed = {
-        "smoothcert float": SmoothedClassifier(cl_model, **common),
+        "smoothcert float": SmoothedClassifier(cl_model, sound=False, **common),
         "smoothcert sound": SmoothedClassifier(cl_model, sound=True, grid=255, **common),
     }
     x_np = x[None].numpy().astype(np.float32)

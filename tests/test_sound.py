@@ -169,7 +169,7 @@ def test_every_noisy_input_is_exactly_on_the_grid():
     assert abs(float(j.std()) - 0.25 * 255) < 1.0 and abs(float(j.mean())) < 0.5
     # control: float mode's inputs are off the grid
     model_f = _Recording()
-    SmoothedClassifier(model_f, 2, 0.25, pass_size=None).certify(x, n0=50, n=500, alpha=0.01, batch_size=128)
+    SmoothedClassifier(model_f, 2, 0.25, pass_size=None, sound=False).certify(x, n0=50, n=500, alpha=0.01, batch_size=128)
     zf = torch.cat(model_f.inputs).double() * 255
     assert (zf - torch.round(zf)).abs().max() > 0.1
 
@@ -182,7 +182,7 @@ def test_inputs_off_the_grid_are_refused_in_one_line():
         assert "\n" not in str(info.value)
     sc.predict(_grid_input((4,)) + 1e-7, n=10, alpha=0.1, batch_size=10)  # within the stated tolerance 1e-4
     with pytest.raises(ValueError, match=r"grid=16 applies only to sound mode"):
-        SmoothedClassifier(_Recording(), 2, 0.25, grid=16)
+        SmoothedClassifier(_Recording(), 2, 0.25, sound=False, grid=16)
     with pytest.raises(ValueError, match=r"grid must be >= 2, got 1"):
         SmoothedClassifier(_Recording(), 2, 0.25, sound=True, grid=1)
 
@@ -191,7 +191,7 @@ def test_tv_bound_is_recorded_and_subtracted_in_certify_predict_and_sequential()
     model = _Recording()
     x = _grid_input((1, 28, 28))
     sound = SmoothedClassifier(model, 2, 0.25, sound=True, grid=255)
-    floatm = SmoothedClassifier(model, 2, 0.25)
+    floatm = SmoothedClassifier(model, 2, 0.25, sound=False)
     tv = 784 * L.lattice_table("gaussian", 0.25, 255).tv
     assert 0 < tv < 1e-12 and sound.tv_bound(784) == tv and floatm.tv_bound(784) == 0.0
     c = sound.certify(x, n0=50, n=1000, alpha=0.01, batch_size=500, generator=torch.Generator().manual_seed(0))
