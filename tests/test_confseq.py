@@ -97,6 +97,8 @@ def test_look_sizes_and_validation():
     assert cs.look_sizes(n_max=50, n_first=64) == (50,)
     seq = cs.make_confseq(alpha=0.01, n_max=1000, method="union", n_first=100, growth=2)
     assert seq.n_max == 1000 and seq.beta == 0.01
+    default = cs.make_confseq(alpha=0.001, n_max=100_000)
+    assert default.method == "union" and len(default.sizes) == 38 and default.sizes[:3] == (32, 40, 50)
     for kwargs, fragment in [
         ({"alpha": 0.0, "n_max": 10}, "alpha must be in (0, 1), got 0.0"),
         ({"alpha": 0.1, "n_max": 0}, "n_max must be >= 1, got 0"),
@@ -121,8 +123,7 @@ def test_union_bounds_are_clopper_pearson_at_the_split_level():
 
 
 def test_betabinomial_bound_is_where_the_mixture_crosses_one_over_alpha():
-    seq = cs.make_confseq(alpha=0.001, n_max=1000)
-    assert seq.method == "betabinomial"
+    seq = cs.make_confseq(alpha=0.001, n_max=1000, method="betabinomial")
     n = 1000.0
     # all successes, uniform prior: M_n(p) = 1 / ((n + 1) p^n), so L = (alpha / (n + 1))^(1/n)
     assert seq.lower([n], n)[0] == pytest.approx((0.001 / (n + 1)) ** (1 / n), rel=1e-12)
@@ -155,8 +156,8 @@ def test_curve_step_decisions_and_reasons():
     assert not stop[0]
 
 
-# the beta-binomial bounds need a bisection per look: 2 x 10^4 examples keep that test at a few seconds
-SIZES = [("union", M), ("betabinomial", M // 5)]
+# the beta-binomial bounds need a bisection per look: 10^4 examples keep that test at a few seconds
+SIZES = [("union", M), ("betabinomial", M // 10)]
 
 
 @pytest.mark.parametrize(("method", "m"), SIZES)
@@ -171,8 +172,8 @@ def test_reported_radius_above_true_radius_at_most_alpha(method, m):
 
 @pytest.mark.parametrize(("method", "m"), SIZES)
 def test_worst_case_pa_at_a_threshold_at_most_alpha_and_naive_peeking_fails(method, m):
-    alpha, m = 0.05, m // 2  # every example runs long here
-    seq = cs.make_confseq(alpha=alpha, n_max=20_000, method=method)
+    alpha, m = 0.05, m // 2  # every example runs to n_max here
+    seq = cs.make_confseq(alpha=alpha, n_max=5_000, method=method)
     pa = np.full(m, THR[3])  # pA exactly at the threshold of r = 0.375: any radius > 0.375 is false
     lower, _ = simulate(pa, seq, seed=13, radius_tol=0.0, acr_tol=0.0)
     assert false_radii(pa, lower) <= allowance(m, alpha)

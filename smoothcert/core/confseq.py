@@ -8,24 +8,26 @@ construction, its validity argument and the measurements behind the defaults are
 with ``c`` successes, bounds ``L_n <= pA <= U_n`` that hold *for all n at once*:
 ``P(exists n: L_n > pA) <= alpha``. Two constructions, both fixed before any sample is drawn:
 
-- ``"betabinomial"`` (the default): Robbins' beta-binomial mixture. For a Beta(a, b) prior on
+- ``"betabinomial"``: Robbins' beta-binomial mixture. For a Beta(a, b) prior on
   ``p``, ``M_n(p) = B(a + c, b + n - c) / (B(a, b) p^c (1 - p)^(n - c))`` is a nonnegative
   martingale with ``M_0 = 1`` under ``pA = p`` (the ratio of the prior's predictive likelihood to
   the true one), so by Ville's inequality ``P(exists n: M_n(pA) >= 1/alpha) <= alpha``. The set
   ``{p : M_n(p) < 1/alpha}`` is an interval containing ``c / n``; ``L_n`` and ``U_n`` are its
-  ends (Howard, Ramdas, McAuliffe & Sekhon 2021, Sec. 3 and Prop. 6 for mixtures; used for
+  ends (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon 2021 on time-uniform bounds; used for
   randomized smoothing by Voráček, NeurIPS 2024). Looking after every draw costs nothing.
-- ``"union"``: Clopper–Pearson at each of ``K`` looks fixed in advance, at level ``alpha / K``
-  (the union bound; :mod:`smoothcert.core.sequential` uses it on a doubling grid).
+- ``"union"`` (the default; fewest passes in ``docs/curve.md`` §6): Clopper–Pearson at each of
+  ``K`` looks fixed in advance, at level ``alpha / K`` (the union bound;
+  :mod:`smoothcert.core.sequential` uses it on a doubling grid).
 
 Both hold for the unstopped sequence, so any data-dependent stopping rule — the one below
 included — keeps ``P(reported L > pA) <= alpha``.
 
-**Curve rule** (:func:`curve_step`). The reporting grid ``r_1 < ... < r_J`` (radius ``r_j``
-certified iff ``pA > t_j``, ``t_j`` the noise's threshold) is settled when every ``r_j`` is
-*decided* (``L > t_j``: certified; ``U <= t_j``: not), or when more samples could not move the
-capped radius by more than ``radius_tol`` (``R(min(U, t_cap)) - R(L) <= radius_tol``), or at
-``n_max``. The upper bound ``U`` is the futility side: it only ever stops a run, never
+**Curve rule** (:func:`curve_step`). On the reporting grid ``r_1 < ... < r_J`` (radius
+``r_j`` certified iff ``pA > t_j``, ``t_j`` the noise's threshold) a radius is *settled* when it
+is decided (``L > t_j``: certified; ``U <= t_j``: not) or when only inputs within
+``radius_tol`` of it could still be certified there (``R(U) <= r_j + radius_tol``). A run stops
+at the cap (``L > t_J``), or when every grid radius is settled and more samples could not
+raise the capped radius by more than ``acr_tol``, or at ``n_max``. The upper bound ``U`` is the futility side: it only ever stops a run, never
 certifies, so its level ``beta`` sets cost and power, never validity.
 """
 
@@ -65,7 +67,7 @@ N_MAX = "n_max"
 _BISECT = 48  # bisection steps: 2^-48 (< 4e-15) of the search interval
 
 
-def look_sizes(*, n_max: int, n_first: int = 32, growth: float = 1.5) -> tuple[int, ...]:
+def look_sizes(*, n_max: int, n_first: int = 32, growth: float = 1.25) -> tuple[int, ...]:
     """Cumulative sample sizes at which a run looks: ``n_first * growth**j`` (rounded, strictly
     increasing) below ``n_max``, then ``n_max``. Fixed before any sample is drawn."""
     n_max = check_int("n_max", n_max)
@@ -181,9 +183,9 @@ def make_confseq(
     alpha: float,
     n_max: int,
     beta: float | None = None,
-    method: str = "betabinomial",
+    method: str = "union",
     n_first: int = 32,
-    growth: float = 1.5,
+    growth: float = 1.25,
     prior: tuple[float, float] = (1.0, 1.0),
 ) -> ConfidenceSequence:
     """A :class:`ConfidenceSequence` with looks from :func:`look_sizes`; ``beta`` defaults to ``alpha``."""
@@ -229,10 +231,10 @@ def curve_step(
     to its radius (increasing, 0 at or below 1/2). A grid radius is *settled* when decided
     (:func:`curve_decisions`) or when ``R(U) <= r_j + radius_tol``: then only inputs whose radius
     is within ``radius_tol`` of ``r_j`` could still be certified there. Stops with reason
-    ``"cap"`` when ``L > t_J``, ``"decided"`` when every grid radius is decided,
-    ``"tolerance"`` when every one is settled and (if ``acr_tol`` is given) more samples could
-    not raise the capped radius by more than ``acr_tol``: ``R(min(U, t_J)) - R(L) <= acr_tol``;
-    ``"n_max"`` at the last look. Only ``L`` ever certifies.
+    ``"cap"`` when ``L > t_J``; otherwise only when every grid radius is settled and (if
+    ``acr_tol`` is given) more samples could not raise the capped radius by more than
+    ``acr_tol``, ``R(min(U, t_J)) - R(L) <= acr_tol`` (reason ``"decided"`` if every grid radius
+    is decided, else ``"tolerance"``); ``"n_max"`` at the last look. Only ``L`` ever certifies.
     """
     lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
     up = np.atleast_1d(np.asarray(upper, dtype=np.float64))
@@ -247,6 +249,6 @@ def curve_step(
         ok &= radius_of(np.minimum(up, t_cap)) - radius_of(np.minimum(lo, t_cap)) <= acr_tol
     reason = np.full(lo.shape, N_MAX if last else "", dtype="<U9")
     reason[ok] = TOLERANCE
-    reason[np.all(dec != 0, axis=1)] = DECIDED
+    reason[ok & np.all(dec != 0, axis=1)] = DECIDED
     reason[dec[:, -1] == 1] = CAP
     return reason != "", reason, dec
