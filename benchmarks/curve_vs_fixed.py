@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def main() -> None:
     config = RunConfig(
         command="certify",
         model=args.model,
-        out=str(Path(args.log).with_suffix(".curve-unused.tsv")),
+        out=str(Path(tempfile.gettempdir()) / "curve_vs_fixed_unused.tsv"),  # prepare() writes nothing
         data_dir=args.data_dir,
         n0=args.n0,
         n=args.n_max,

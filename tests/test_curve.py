@@ -6,7 +6,8 @@ classifier's pA is the noise's one-coordinate CDF at m (Gaussian Phi(m / sigma),
 the smoothed classifier is robust up to distance m in every norm and the radius formula at
 the exact pA, R(pA), is at most m. A certified radius above R(pA) needs p_lower > pA, which a
 valid run does with probability at most alpha: over R seeded inputs the count must stay
-within the binomial (1 - 1e-4) quantile at rate alpha.
+within the binomial (1 - 1e-4) quantile at rate alpha; the same radii inflated by 10% must
+exceed it (positive control).
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def test_certified_radius_at_most_the_true_radius_in_every_pair(noise, norm):
         generator=gens(runs),
         radii=[0.0, true_r, 2 * true_r],  # a grid radius exactly at the truth
     )
-    false = sum(c.radius > true_r for c in certs)
-    assert false <= st.binom.ppf(1 - 1e-4, runs, alpha)
+    allowed = st.binom.ppf(1 - 1e-4, runs, alpha)
+    assert sum(c.radius > true_r for c in certs) <= allowed
+    # positive control: radii inflated by 10% (a planted bug) fail the same count
+    assert sum(1.10 * c.radius > true_r for c in certs) > allowed
     assert all(c.decisions[2] != "certified" for c in certs)
     # at large n_max the radius comes close to the truth: from below, within 5% of it (the bound's deficit is under 3% there)
     big = certify_curve(

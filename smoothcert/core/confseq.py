@@ -27,8 +27,9 @@ included — keeps ``P(reported L > pA) <= alpha``.
 is decided (``L > t_j``: certified; ``U <= t_j``: not) or when only inputs within
 ``radius_tol`` of it could still be certified there (``R(U) <= r_j + radius_tol``). A run stops
 at the cap (``L > t_J``), or when every grid radius is settled and more samples could not
-raise the capped radius by more than ``acr_tol``, or at ``n_max``. The upper bound ``U`` is the futility side: it only ever stops a run, never
-certifies, so its level ``beta`` sets cost and power, never validity.
+raise the capped radius by more than ``acr_tol``, or at ``n_max``. The upper bound ``U`` is the
+futility side: it only ever stops a run, never certifies, so its level ``beta`` sets cost and
+power, never validity.
 """
 
 from __future__ import annotations
