@@ -168,27 +168,95 @@ def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
 
 
 def certify_curve(
-    smoothed: CurveVoter, x: torch.Tensor, *, label: int | None = None, **kwargs: Any
+    smoothed: CurveVoter,
+    x: torch.Tensor,
+    *,
+    alpha: float,
+    n_max: int,
+    batch_size: int,
+    radius_cap: float | None = None,
+    radii: Sequence[float] | None = None,
+    n0: int = 100,
+    label: int | None = None,
+    beta: float | None = None,
+    method: str = "union",
+    n_first: int = 32,
+    growth: float = 1.25,
+    radius_tol: float | None = None,
+    acr_tol: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> CurveCertificate:
-    """Curve mode for one input ``x``; keywords as in :func:`certify_curve_batch`."""
-    xs = smoothed._prepare(x, batch=False)
-    return _run(smoothed, xs, labels=None if label is None else [label], **kwargs)[0]
+    """Curve mode for one input ``x``; arguments as in :func:`certify_curve_batch` (``label=`` for ``labels=``)."""
+    return _run(
+        smoothed,
+        smoothed._prepare(x, batch=False),
+        labels=None if label is None else [label],
+        alpha=alpha,
+        n_max=n_max,
+        batch_size=batch_size,
+        radius_cap=radius_cap,
+        radii=radii,
+        n0=n0,
+        beta=beta,
+        method=method,
+        n_first=n_first,
+        growth=growth,
+        radius_tol=radius_tol,
+        acr_tol=acr_tol,
+        generator=generator,
+    )[0]
 
 
 def certify_curve_batch(
-    smoothed: CurveVoter, xs: torch.Tensor, *, labels: Sequence[int] | None = None, **kwargs: Any
+    smoothed: CurveVoter,
+    xs: torch.Tensor,
+    *,
+    alpha: float,
+    n_max: int,
+    batch_size: int,
+    radius_cap: float | None = None,
+    radii: Sequence[float] | None = None,
+    n0: int = 100,
+    labels: Sequence[int] | None = None,
+    beta: float | None = None,
+    method: str = "union",
+    n_first: int = 32,
+    growth: float = 1.25,
+    radius_tol: float | None = None,
+    acr_tol: float | None = None,
+    generator: GeneratorArg = None,
 ) -> list[CurveCertificate]:
     """Curve mode for each input of ``xs``, the next look of every still-active input sharing passes.
 
-    Keywords: ``alpha``, ``n_max``, ``batch_size`` (required); ``radius_cap`` (default: the radius
-    at ``pA = Phi(2)``, ``2 sigma`` for Gaussian L2) or ``radii`` (the reporting grid; default 9
-    radii evenly from 0 to the cap); ``n0`` (100; selection draws, deployment); ``labels``
-    (evaluation only: bound each true label's probability, no selection); ``beta`` (futility
-    level, default ``alpha``); ``method`` (``"union"``, the default, or ``"betabinomial"``);
-    ``n_first``, ``growth`` (the looks); ``radius_tol``, ``acr_tol`` (default 5% and 7% of the
-    cap); ``generator`` (one, or one per input).
+    With probability at least ``1 - alpha`` each non-abstaining certificate is correct, whatever
+    the stopping rule (``docs/curve.md`` §3). ``alpha``, ``n_max`` (draws per input, selection
+    excluded), ``batch_size`` are required. ``radius_cap`` (default: the radius at
+    ``pA = Phi(2)``, ``2 sigma`` for Gaussian L2) or ``radii`` sets the reporting grid (default 9
+    radii evenly from 0 to the cap). ``n0``: selection draws (deployment). ``labels``:
+    evaluation only — bound each true label's probability, no selection. ``beta``: futility
+    level (default ``alpha``; cost and power only). ``method``: ``"union"`` (default) or
+    ``"betabinomial"``; ``n_first``, ``growth``: the looks. ``radius_tol``, ``acr_tol``: the
+    stopping tolerances (default 5% and 7% of the cap; ``docs/curve.md`` §4). ``generator``:
+    one, or one per input (then each result equals :func:`certify_curve` with that generator).
     """
-    return _run(smoothed, smoothed._prepare(xs, batch=True), labels=labels, **kwargs)
+    return _run(
+        smoothed,
+        smoothed._prepare(xs, batch=True),
+        labels=labels,
+        alpha=alpha,
+        n_max=n_max,
+        batch_size=batch_size,
+        radius_cap=radius_cap,
+        radii=radii,
+        n0=n0,
+        beta=beta,
+        method=method,
+        n_first=n_first,
+        growth=growth,
+        radius_tol=radius_tol,
+        acr_tol=acr_tol,
+        generator=generator,
+    )
 
 
 def _run(
