@@ -36,7 +36,7 @@ from smoothcert.core import sequential, stats
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.certificates import ABSTAIN, AdaptiveCertificate
-from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction
+from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction, per_input_generators
 from smoothcert.smoothing.noises import Noise
 from smoothcert.smoothing.smoothed import InputModes
 
@@ -155,7 +155,7 @@ def certify_sequential(
     k, dim = len(xs), int(xs[0].numel())
     modes = smoothed.input_modes(xs)
     tv, offset = modes.tv_bound, modes.offset
-    gens = _per_input(generator, k)
+    gens = per_input_generators(generator, k)
     votes = ClassVotes(smoothed.num_classes)
     if labels is None:
         n0 = settings.n0
@@ -270,12 +270,3 @@ def _decide(
     return decision, lower, upper
 
 
-def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
-    if generator is None:
-        return None
-    if isinstance(generator, torch.Generator):
-        return [generator] * k
-    gens = list(generator)
-    if len(gens) != k:
-        raise ValueError(f"generator must be one torch.Generator or one per input ({k}), got {len(gens)}")
-    return gens

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from smoothcert.core import stats
 from smoothcert.core.checks import check_alpha, check_int
 from smoothcert.core.errors import ConfigError
+from smoothcert.smoothing import curve as _curve
 from smoothcert.smoothing.adaptive import SequentialSettings, certify_sequential
 from smoothcert.smoothing.certificates import (
     ABSTAIN,
@@ -354,3 +355,28 @@ class SmoothedClassifier(SmoothedModel):
         """
         xs = self._prepare(xs, batch=True)
         return certify_sequential(self, xs, SequentialSettings(**settings), labels=labels, generator=generator)
+
+    def certify_curve(
+        self, x: torch.Tensor, *, label: int | None = None, generator: torch.Generator | None = None, **settings: Any
+    ) -> _curve.CurveCertificate:
+        """Curve mode (``docs/curve.md``): the largest certified radius from one time-uniform lower
+        bound on ``pA``, sampling until the reporting grid (default ``0, cap/8, ..., cap``; cap
+        ``2 sigma`` for Gaussian L2) is settled. ``settings`` (keyword-only): ``alpha``, ``n_max``,
+        ``batch_size`` (required), ``radius_cap`` or ``radii``, ``n0``, ``beta``, ``method``,
+        ``n_first``, ``growth``, ``radius_tol``, ``acr_tol``. ``label=`` bounds that class without
+        selection: evaluation only, like :meth:`certify_adaptive`'s.
+        """
+        return _curve.certify_curve(self, x, label=label, generator=generator, **settings)
+
+    def certify_curve_batch(
+        self,
+        xs: torch.Tensor,
+        *,
+        labels: Sequence[int] | None = None,
+        generator: GeneratorArg = None,
+        **settings: Any,
+    ) -> list[_curve.CurveCertificate]:
+        """:meth:`certify_curve` for each input of ``xs``; the next look of every active input shares
+        forward passes. With one generator per input each result equals the one-input call."""
+        return _curve.certify_curve_batch(self, xs, labels=labels, generator=generator, **settings)
+

@@ -33,7 +33,7 @@ from smoothcert.core import confseq
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
 from smoothcert.smoothing.certificates import ABSTAIN
-from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction
+from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction, per_input_generators
 from smoothcert.smoothing.noises import Noise
 
 __all__ = ["CURVE_PA", "CurveCertificate", "certify_curve", "certify_curve_batch", "default_radii"]
@@ -57,10 +57,7 @@ class CurveVoter(Protocol):
     sigma: float
     noise: Noise
     norm: str
-    sound: bool
-    grid: int | None
-
-    def tv_bound(self, dim: int) -> float: ...
+    def input_modes(self, xs: torch.Tensor) -> Any: ...
 
     def run_engine(
         self,
@@ -100,7 +97,8 @@ class CurveCertificate:
         selected: the class bounded; evaluation: ``True`` when ``label=`` was given (no
             selection; evaluation only, not a deployment procedure).
         alpha, beta, method: the confidence sequence's levels and construction.
-        sigma, noise, norm, sound, grid, tv_bound: as in ``Certificate``.
+        sigma, noise, norm, sound, grid, tv_bound, grid_offset: as in ``Certificate`` (the radius and every
+            grid decision are about ``x``: a sound input's grid offset is given up).
     """
 
     label: int
@@ -125,6 +123,7 @@ class CurveCertificate:
     sound: bool
     grid: int | None
     tv_bound: float
+    grid_offset: float = 0.0
 
     def certified_at(self, r: float) -> bool:
         """Whether the certificate covers radius ``r`` (``radius > r``, or ``r = 0`` and not abstaining)."""
@@ -154,17 +153,6 @@ def _nonneg(name: str, value: float | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _per_input(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
-    if generator is None:
-        return None
-    if isinstance(generator, torch.Generator):
-        return [generator] * k
-    gens = list(generator)
-    if len(gens) != k:
-        raise ValueError(f"generator must be one torch.Generator or one per input ({k}), got {len(gens)}")
-    return gens
 
 
 def certify_curve(
@@ -259,9 +247,10 @@ def certify_curve_batch(
     )
 
 
-def _run(
+def _run_group(
     smoothed: CurveVoter,
     xs: torch.Tensor,
+    mode: tuple[bool, int | None, float, float],
     *,
     alpha: float,
     n_max: int,
@@ -296,13 +285,16 @@ def _run(
     a_tol = _nonneg("acr_tol", acr_tol)
     r_tol = RADIUS_RTOL * cap if r_tol is None else r_tol
     a_tol = ACR_RTOL * cap if a_tol is None else a_tol
+    sound, grid_q, tv, offset = mode
+    # a sound input is certified about its grid point round_q(x): radius r about x needs r + offset there
     thresholds = np.where(
         np.asarray(grid) > 0,
-        np.asarray(smoothed.noise.threshold(np.asarray(grid), norm=smoothed.norm, dim=dim), dtype=np.float64),
+        np.asarray(
+            smoothed.noise.threshold(np.asarray(grid) + offset, norm=smoothed.norm, dim=dim), dtype=np.float64
+        ),
         0.5,
     )
-    tv = smoothed.tv_bound(dim)
-    gens = _per_input(generator, k)
+    gens = per_input_generators(generator, k)
     votes = ClassVotes(smoothed.num_classes)
     if labels is None:
         selected = smoothed.run_engine(xs, votes, n=n0, batch_size=batch_size, generator=generator).argmax(axis=1)
@@ -315,8 +307,9 @@ def _run(
                 raise ValueError(f"label must be < num_classes={smoothed.num_classes}, got {c!r}")
         selected, n0 = np.asarray(labels, dtype=np.int64), 0
 
-    def radius_of(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        return smoothed.radius_of(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0), dim=dim)
+    def radius_of(p: NDArray[np.float64]) -> NDArray[np.float64]:  # about x: the grid offset given up
+        r = smoothed.radius_of(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0), dim=dim)
+        return np.maximum(r - offset, 0.0)
 
     count = np.zeros(k, dtype=np.int64)
     lower, upper = np.zeros(k), np.ones(k)  # running intersection of the sequence (it holds at every look)
@@ -365,11 +358,51 @@ def _run(
                 sigma=smoothed.sigma,
                 noise=smoothed.noise.name,
                 norm=smoothed.norm,
-                sound=smoothed.sound,
-                grid=smoothed.grid,
+                sound=sound,
+                grid=grid_q,
                 tv_bound=tv,
+                grid_offset=offset,
             )
         active = active[~stop]
         if len(active) == 0:
             break
+    return [r for r in results if r is not None]
+
+
+def _run(
+    smoothed: CurveVoter,
+    xs: torch.Tensor,
+    *,
+    labels: Sequence[int] | None,
+    generator: GeneratorArg = None,
+    **settings: Any,
+) -> list[CurveCertificate]:
+    """Curve mode on a prepared batch: inputs are grouped by how they are certified (sound or float
+    mode, residual, grid offset; :meth:`SmoothedModel.input_modes`) and each group is run by
+    :func:`_run_group`, so with one generator per input a result never depends on the other inputs."""
+    k = len(xs)
+    if labels is not None and len(labels) != k:
+        raise ValueError(f"labels must give one label per input ({k}), got {len(labels)}")
+    if k == 0:
+        return _run_group(smoothed, xs, (False, None, 0.0, 0.0), labels=labels, generator=generator, **settings)
+    modes = smoothed.input_modes(xs)
+    keys = [
+        (bool(modes.sound[i]), modes.grid if modes.sound[i] else None, float(modes.tv_bound[i]), float(modes.offset[i]))
+        for i in range(k)
+    ]
+    gens = per_input_generators(generator, k)
+    results: list[CurveCertificate | None] = [None] * k
+    for key in dict.fromkeys(keys):
+        idx = [i for i in range(k) if keys[i] == key]
+        sub = _run_group(
+            smoothed,
+            xs[torch.as_tensor(idx, device=xs.device)] if len(idx) < k else xs,
+            key,
+            labels=None if labels is None else [labels[i] for i in idx],
+            generator=generator if gens is None or generator is None or isinstance(generator, torch.Generator)
+            else [gens[i] for i in idx],
+            **settings,
+        )
+        for i, c in zip(idx, sub, strict=True):
+            results[i] = c
     return [r for r in results if r is not None]

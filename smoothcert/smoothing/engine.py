@@ -59,6 +59,7 @@ __all__ = [
     "PixelVotes",
     "Reduction",
     "check_generator_device",
+    "per_input_generators",
     "plan_batches",
     "run_samples",
     "same_device",
@@ -248,6 +249,18 @@ def check_generator_device(generator: torch.Generator, device: torch.device) -> 
             f"generator is on device {generator.device} but the noise is drawn on {device}; "
             f"create it with torch.Generator(device={str(device)!r})"
         )
+
+
+def per_input_generators(generator: GeneratorArg, k: int) -> list[torch.Generator] | None:
+    """``generator`` as one generator per input of ``k`` (a single generator is shared), or None."""
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return [generator] * k
+    gens = list(generator)
+    if len(gens) != k:
+        raise ValueError(f"generator must be one torch.Generator or one per input ({k}), got {len(gens)}")
+    return gens
 
 
 def _generators(generator: GeneratorArg, k: int, device: torch.device) -> list[torch.Generator | None]:

@@ -39,11 +39,21 @@ from numpy.typing import ArrayLike
 from smoothcert.core import radii as _radii
 from smoothcert.core.checks import check_sigma
 
-__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise"]
+__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise", "random_bits64_"]
 
 # Chunk of the float64 draws: bounds the temporary buffer to 8 MiB per call.
 _CHUNK = 1 << 20
 _LAPLACE_FLOOR = 2.0**-53  # 1 - |v| for a float64 v in [-1, 1) is a multiple of 2^-52, or 0 at v = -1
+
+
+def random_bits64_(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill the int64 tensor ``out`` with uniform 64-bit words (all 64 bits random); return ``out``.
+
+    ``random_(-2^63, None)`` is torch's full-range draw: each element is one raw 64-bit output of
+    the generator (two 32-bit Mersenne-twister outputs on the CPU, Philox on CUDA), reinterpreted
+    as a signed integer. Its bit fields are therefore independent and uniform.
+    """
+    return out.random_(-(2**63), None, generator=generator)
 
 
 def _check_buffer(out: Any) -> torch.Tensor:
