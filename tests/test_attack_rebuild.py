@@ -243,7 +243,7 @@ def test_attack_resumes_its_own_log_with_identical_rows(logs, tmp_path):
     (root / "many.tsv").write_text("\n".join([head, *rows, *extra]) + "\n")
 
     def args(out: Path) -> list[str]:
-        a = _attack(root, data, "many.tsv", out, "--n", "4000", "--batch", "50", "--steps", "3")
+        a = _attack(root, data, "many.tsv", out, "--n", "3000", "--batch", "20", "--steps", "3")  # as certify's
         return [a[i] for i in range(len(a)) if not (a[i] == "--max" or (i and a[i - 1] == "--max"))]
 
     full = tmp_path / "full.tsv"
@@ -269,3 +269,12 @@ def test_attack_resumes_its_own_log_with_identical_rows(logs, tmp_path):
     assert read_rows(part, ATTACK_COLUMNS) == read_rows(full, ATTACK_COLUMNS)
     assert main(args(part)) == 0  # and once more: nothing to add, nothing refused
     assert read_rows(part, ATTACK_COLUMNS) == read_rows(full, ATTACK_COLUMNS)
+
+
+def test_a_log_without_sidecar_is_attacked_in_sound_mode_unless_float_noise(logs, tmp_path):
+    root, data = logs
+    shutil.copy(root / "sound.tsv", root / "bare.tsv")  # no sidecar: the 2019 reference's kind of log
+    with pytest.warns(UserWarning, match="in sound mode"):
+        assert _target(root, data, "bare.tsv", tmp_path).smoothed.grid == 255
+    with pytest.warns(UserWarning, match="in float mode"):
+        assert _target(root, data, "bare.tsv", tmp_path, "--float-noise").smoothed.grid is None

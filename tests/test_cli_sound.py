@@ -184,3 +184,34 @@ def test_sequential_rows_time_each_example_by_its_passes(setup, tmp_path):
     for i in range(len(rows)):
         for j in range(len(rows)):  # t_i / t_j = passes_i / passes_j, up to the 1e-6 s rounding of the column
             assert abs(times[i] * used[j] - times[j] * used[i]) <= 1e-6 * (used[i] + used[j])
+
+
+def test_every_analyze_output_says_which_mode_ran(setup, tmp_path, capsys):
+    import csv
+    import io
+
+    root, data = setup
+    sound, flt = tmp_path / "sound.tsv", tmp_path / "float.tsv"
+    assert main(_args(root, data, sound)) == 0
+    assert main(_args(root, data, flt, "--float-noise")) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(sound), "--radii", "0,0.1"]) == 0
+    assert "smoothing: sound (grid 255)." in capsys.readouterr().out
+    assert main(["analyze", str(flt), "--radii", "0,0.1", "--format", "latex"]) == 0
+    assert "% smoothing: float." in capsys.readouterr().out
+    assert main(["analyze", str(sound), str(flt), "--radii", "0,0.1", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["smoothing"] for r in rows} == {"sound (grid 255)", "float"}
+    assert main(["analyze", str(sound), "--compare", str(flt), "--radii", "0,0.1", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["certify"][0]["smoothing"] == "sound (grid 255)"
+    assert (doc["compare"][0]["smoothing_a"], doc["compare"][0]["smoothing_b"]) == ("sound (grid 255)", "float")
+    assert main(["analyze", str(sound), "--compare", str(flt), "--radii", "0,0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "sound (grid 255); small_cnn σ=0.25 float." in text  # one log each: each log's mode
+    pred, ref = tmp_path / "p.tsv", tmp_path / "ref.tsv"
+    assert main(_args(root, data, pred, command="predict")) == 0
+    assert main([*_args(root, data, ref, "--float-noise", command="predict"), "--n", "200"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--predict-logs", str(pred), "--predict-reference", str(ref)]) == 0
+    assert "smoothing: sound (grid 255)." in capsys.readouterr().out

@@ -385,6 +385,7 @@ class PredictLog:
     label: NDArray[np.int64]
     predict: NDArray[np.int64]
     n: int | None
+    smoothing: str = "float"
 
 
 def read_predict_log(path: str | Path, *, name: str | None = None) -> PredictLog:
@@ -405,6 +406,7 @@ def read_predict_log(path: str | Path, *, name: str | None = None) -> PredictLog
         label=cols.need("label", int),
         predict=cols.need("predict", int),
         n=n,
+        smoothing=smoothing_label(read_sidecar(p)),
     )
 
 

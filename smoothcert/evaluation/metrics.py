@@ -425,7 +425,7 @@ def predict_quality(logs: Sequence[PredictLog], reference: PredictLog) -> list[d
         correct, accurate = pred == label, pred == g
         cells = [answered & correct & accurate, answered & correct & ~accurate]
         cells += [answered & ~correct & accurate, answered & ~correct & ~accurate, ~answered]
-        row: dict[str, Any] = {"name": log.name, "n": log.n, "examples": m}
+        row: dict[str, Any] = {"name": log.name, "n": log.n, "examples": m, "smoothing": log.smoothing}
         row.update({k: float(np.sum(c) / m) for k, c in zip(PREDICT_QUALITY_KEYS, cells, strict=True)})
         out.append(row)
     return out

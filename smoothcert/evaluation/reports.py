@@ -391,14 +391,16 @@ def format_predict_quality(rows: Sequence[dict[str, Any]], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", "n", "examples", *keys])
+        w.writerow(["name", "n", "examples", "smoothing", *keys])
         for r in rows:
-            w.writerow([r["name"], r["n"], r["examples"], *(f"{r[k]:.4f}" for k in keys)])
+            w.writerow([r["name"], r["n"], r["examples"], r.get("smoothing", ""), *(f"{r[k]:.4f}" for k in keys)])
         return buf.getvalue()
+    caption = smoothing_caption([(str(r["name"]), str(r.get("smoothing", "float"))) for r in rows])
     head = ["PREDICT", *(k.replace("_", ", ") for k in keys)]
     cells = [[r["name"], *(f"{r[k]:.2f}" for k in keys)] for r in rows]
     if fmt == "latex":
-        return "\n".join(_latex_table(head, [[_tex(r[0]), *r[1:]] for r in cells], _spec(head, 1))) + "\n"
+        table = _latex_table(head, [[_tex(r[0]), *r[1:]] for r in cells], _spec(head, 1))
+        return "\n".join([*table, f"% {_tex(caption)}."]) + "\n"
     if fmt != "markdown":
         raise ConfigError(f"format must be markdown, latex, csv or json, got {fmt!r}")
-    return "\n".join(_markdown_table(head, cells, _spec(head, 1))) + "\n"
+    return "\n".join([*_markdown_table(head, cells, _spec(head, 1)), "", f"{caption}."]) + "\n"

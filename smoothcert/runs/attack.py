@@ -346,7 +346,7 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     base = smoothed.base_classifier
-    with ResultWriter(config.out, ATTACK_COLUMNS, sidecar=sidecar, overwrite=config.overwrite, absent=LEGACY) as writer:
+    with ResultWriter(config.out, ATTACK_COLUMNS, sidecar=sidecar, overwrite=config.overwrite) as writer:
         for idx, radius in targets:
             if idx in writer.done:
                 continue

@@ -9,6 +9,15 @@ NCHW and NHWC, or between batches of 512 and 100, on CPU. A vote on a near-tie c
 flip, and so can a row. Both settings are recorded in the sidecar (``layout``), not in the
 log's identity: a run resumed with another layout is accepted, as the noise is unchanged.
 
+Sound mode (``sound=True``, grid 255) is the default since 0.3; the identity records ``sound``
+and ``grid`` always. A 0.2 float-mode log (no ``sound`` in its identity) continues only in float
+mode (``--float-noise``), and a 0.2 sound-mode log is not continued (:func:`check_legacy_resume`).
+
+The ``time`` column: an example certified alone (its draws exceed the batch) gets its own
+wall-clock time; examples that share forward passes get the chunk's time split by their share
+of the passes (:func:`shared_times`): equal shares for fixed-n rows, shares in proportion to
+``n_used`` for sequential ones.
+
 :func:`prepare` validates the whole configuration (settings, the sequential schedule, the
 radius's reachability, the model against the data and the denoiser) before :func:`run` opens
 any file, so a refused configuration leaves no log and no sidecar behind.
