@@ -243,7 +243,7 @@ def test_attack_resumes_its_own_log_with_identical_rows(logs, tmp_path):
     (root / "many.tsv").write_text("\n".join([head, *rows, *extra]) + "\n")
 
     def args(out: Path) -> list[str]:
-        a = _attack(root, data, "many.tsv", out, "--n", "3000", "--batch", "20", "--steps", "3")  # as certify's
+        a = _attack(root, data, "many.tsv", out, "--n", "300", "--batch", "20", "--steps", "3")
         return [a[i] for i in range(len(a)) if not (a[i] == "--max" or (i and a[i - 1] == "--max"))]
 
     full = tmp_path / "full.tsv"
