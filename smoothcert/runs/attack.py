@@ -38,8 +38,9 @@ from smoothcert.evaluation.attacks import deepfool, onto_grid, smoothed_pgd
 from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
 from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, as_recorded, read_rows
-from smoothcert.runs.certify import LEGACY, PreparedRun, example_generator, prepare, select_indices
+from smoothcert.runs.certify import PreparedRun, example_generator, prepare, select_indices
 from smoothcert.runs.config import SPLITS, RunConfig, as_config_error
+from smoothcert.runs.resume import LEGACY
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.smoothing.classifier import SmoothedClassifier
 
