@@ -16,6 +16,12 @@ So the certificate "class 0 within L2 radius 0.43 of x" is false at ``x'``. In s
 model sees ``(i + j) / 255``: the smoothed classifier is the smoothing of ``f o round_q`` and its
 certificate at ``x`` agrees with its class at ``x'``.
 
+Since 0.3 sound mode is the command line's default: the ``sound`` row is built from
+:class:`~smoothcert.runs.config.RunConfig`'s defaults (what ``smoothcert certify`` runs without
+``--float-noise``), the ``float`` row is ``--float-noise`` (``sound=False``), and the
+``library default`` row is whatever :class:`SmoothedClassifier` does when ``sound`` is not
+given. Under the CLI default an input off the grid is refused, not certified (last line).
+
     python benchmarks/false_certificate.py            # about 10 s on a CPU
     python benchmarks/false_certificate.py --json out.json
 """
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 
+from smoothcert.runs.config import RunConfig
 from smoothcert.smoothing.classifier import SmoothedClassifier
 
 __all__ = ["RoundingReader", "demonstrate", "main"]
@@ -55,7 +62,13 @@ def demonstrate(*, n: int = 10_000, sigma: float = 0.25, alpha: float = 0.001, s
     x_adv = torch.full((1, 28, 28), 1 / 255)
     dist = float((x_adv.double() - x.double()).norm())
     out: dict[str, Any] = {"n": n, "sigma": sigma, "alpha": alpha, "seed": seed, "l2_distance": dist}
-    for mode, kw in (("float", {}), ("sound", {"sound": True, "grid": 255})):
+    cli = RunConfig(command="certify", model="-", out="-")  # the command line's defaults (no --float-noise)
+    modes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("float", {"sound": False}),
+        ("sound", {"sound": cli.sound, "grid": cli.grid}),
+        ("library_default", {}),
+    )
+    for mode, kw in modes:
         sc = SmoothedClassifier(RoundingReader(), 2, sigma, **kw)
         cert = sc.certify(x, n0=100, n=n, alpha=alpha, batch_size=2000, generator=torch.Generator().manual_seed(seed))
         counts = sc.sample_counts(x_adv[None], n=n, batch_size=2000, generator=torch.Generator().manual_seed(seed + 1))[
@@ -69,7 +82,14 @@ def demonstrate(*, n: int = 10_000, sigma: float = 0.25, alpha: float = 0.001, s
             "tv_bound": cert.tv_bound,
             "counts_at_x_adv": [int(c) for c in counts],
             "false_certificate": bool(false),
+            "sound": bool(sc.sound),
         }
+    off_grid = x + 1e-3
+    try:
+        SmoothedClassifier(RoundingReader(), 2, sigma, sound=cli.sound, grid=cli.grid).check_on_grid(off_grid)
+        out["cli_default_off_grid"] = "certified (not refused)"
+    except ValueError as e:
+        out["cli_default_off_grid"] = "refused: " + " ".join(str(e).split())
     return out
 
 
@@ -81,14 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     res = demonstrate(n=args.n, seed=args.seed)
     print(f"x = 0, x' = 1/255 everywhere (1x28x28): ||x' - x||_2 = {res['l2_distance']:.4f}, sigma = {res['sigma']}")
-    print("| mode | certified at x | radius | class counts at x' (0, 1) | false certificate |")
-    print("|---|---:|---:|---:|---|")
-    for mode in ("float", "sound"):
+    names = {
+        "float": "float (--float-noise, sound=False)",
+        "sound": "sound (the CLI default since 0.3; grid 255)",
+        "library_default": "library default (SmoothedClassifier without sound=)",
+    }
+    print("| mode | ran | certified at x | radius | class counts at x' (0, 1) | false certificate |")
+    print("|---|---|---:|---:|---:|---|")
+    for mode, name in names.items():
         r = res[mode]
         c = r["counts_at_x_adv"]
-        print(
-            f"| {mode} | {r['label']} | {r['radius']:.3f} | {c[0]:,} / {c[1]:,} | {'yes' if r['false_certificate'] else 'no'} |"
-        )
+        ran = "sound" if r["sound"] else "float"
+        false = "yes" if r["false_certificate"] else "no"
+        print(f"| {name} | {ran} | {r['label']} | {r['radius']:.3f} | {c[0]:,} / {c[1]:,} | {false} |")
+    print(f"\nCLI default, x + 0.001 (off the grid): {res['cli_default_off_grid']}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=2)

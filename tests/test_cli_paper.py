@@ -34,11 +34,12 @@ def test_lift_certifies_twice_the_radius_at_twice_the_resolution(setup, tmp_path
     # the lifted base classifier is f(AvgPool_2(x)) and AvgPool_2(upsample_2(x)) = x exactly, with noise
     # 2 sigma per pixel pooling to sigma: with the same seed the counts equal the plain run's exactly only
     # in law, so compare labels where both certify and radii within the sampling error of n = 200
+    # float mode explicitly (--float-noise): this test is about the lift, the sound-mode one is below
     _, data, models = setup
-    assert _certify(data, models[0], tmp_path / "plain.tsv") == 0
-    assert _certify(data, models[0], tmp_path / "lift.tsv", "--lift", "2") == 0
+    assert _certify(data, models[0], tmp_path / "plain.tsv", "--float-noise") == 0
+    assert _certify(data, models[0], tmp_path / "lift.tsv", "--lift", "2", "--float-noise") == 0
     ident = json.loads((tmp_path / "lift.tsv.json").read_text())["identity"]
-    assert ident["lift"] == 2 and ident["lifted_sigma"] == pytest.approx(0.5)
+    assert ident["lift"] == 2 and ident["lifted_sigma"] == pytest.approx(0.5) and ident["sound"] is False
     plain = read_rows(tmp_path / "plain.tsv", CERTIFY_COLUMNS)
     lifted = read_rows(tmp_path / "lift.tsv", CERTIFY_COLUMNS)
     assert [r[0] for r in plain] == [r[0] for r in lifted]
@@ -50,28 +51,74 @@ def test_lift_certifies_twice_the_radius_at_twice_the_resolution(setup, tmp_path
     assert any(float(r[3]) > r_max for r in lifted) or all(float(r[3]) == 0 for r in plain)
 
 
-def test_lift_with_sound_mode_is_refused(setup, tmp_path, capsys):
+def _lift_carries_sound() -> bool:
+    import torch
+
+    from smoothcert.smoothing.classifier import SmoothedClassifier
+    from smoothcert.smoothing.lifting import lift
+
+    sc = SmoothedClassifier(torch.nn.Flatten(), 784, 0.25, sound=True, input_shape=(1, 28, 28))
+    return bool(getattr(lift(sc, factor=2), "sound", False))
+
+
+@pytest.mark.xfail(
+    not _lift_carries_sound(),
+    reason="smoothing.lifting.lift does not carry sound mode yet (helper 'smoothed' adds it); until then "
+    "certify --lift in the default sound mode is refused, naming --float-noise",
+    strict=True,
+)
+def test_lift_certifies_in_sound_mode_by_default(setup, tmp_path):
     _, data, models = setup
-    assert _certify(data, models[0], tmp_path / "x.tsv", "--lift", "2", "--sound") == 2
-    assert "lift applies to float-mode" in capsys.readouterr().err
-    assert not (tmp_path / "x.tsv").exists()
+    assert _certify(data, models[0], tmp_path / "lift.tsv", "--lift", "2") == 0
+    ident = json.loads((tmp_path / "lift.tsv.json").read_text())["identity"]
+    assert ident["sound"] is True and ident["grid"] == 255 and ident["lift"] == 2
+    assert ident["lifted_sigma"] == pytest.approx(0.5)
+    from smoothcert import stats
+
+    lifted = read_rows(tmp_path / "lift.tsv", CERTIFY_COLUMNS)
+    assert max(float(r[3]) for r in lifted) <= 2 * stats.max_radius(200, 0.01, sigma=0.25) + 1e-9
 
 
-def test_ensemble_records_every_member_and_consensus_one_equals_the_first_member(setup, tmp_path):
+def test_lift_never_runs_float_mode_under_a_sound_identity(setup, tmp_path, capsys, monkeypatch):
+    """A lift that drops sound mode is refused in one line naming --float-noise, before writing.
+
+    Planted: a lift() that returns a float-mode classifier (as 0.2's did)."""
+    import smoothcert.smoothing.lifting as lifting
+    from smoothcert.smoothing.classifier import SmoothedClassifier
+
+    real = lifting.lift
+
+    def float_lift(smoothed, *, factor):
+        out = real(smoothed, factor=factor)
+        if not out.sound:
+            return out
+        return SmoothedClassifier(out.base_classifier, out.num_classes, out.sigma, input_shape=out.input_shape)
+
+    monkeypatch.setattr(lifting, "lift", float_lift)
+    _, data, models = setup
+    assert _certify(data, models[0], tmp_path / "x.tsv", "--lift", "2") == 2
+    err = capsys.readouterr().err
+    assert "does not carry sound mode" in err and "--float-noise" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x.tsv.json").exists()
+
+
+def test_ensemble_records_every_member_and_consensus_one_is_refused(setup, tmp_path, capsys):
     _, data, models = setup
     noisy = ("--sigma", "2")  # far above the training noise, so that votes split and the counts tell models apart
     assert _certify(data, models[0], tmp_path / "single.tsv", *noisy) == 0
-    # consensus K = 1: the first member alone decides every draw, so the rows equal the single model's
+    # consensus K = 1: the first member alone would decide every draw (the rows would be the single
+    # model's, 0.2 wrote them) while the identity names the whole ensemble: refused in one line
     k1 = ("--ensemble", str(models[1]), "--consensus", "1", *noisy)
-    assert _certify(data, models[0], tmp_path / "k1.tsv", *k1) == 0
+    assert _certify(data, models[0], tmp_path / "k1.tsv", *k1) == 2
+    err = capsys.readouterr().err
+    assert "consensus=1" in err and "alone" in err and err.count("\n") == 1
+    assert not (tmp_path / "k1.tsv").exists() and not (tmp_path / "k1.tsv.json").exists()
+    assert (
+        _certify(data, models[0], tmp_path / "k2.tsv", "--ensemble", str(models[1]), "--consensus", "2", *noisy) == 0
+    )  # control
     assert _certify(data, models[0], tmp_path / "full.tsv", "--ensemble", str(models[1]), *noisy) == 0
     ident = json.loads((tmp_path / "full.tsv.json").read_text())["identity"]
     assert len(ident["ensemble_sha256"]) == 1 and ident["combine"] == "softmax"
-
-    def rows(name):
-        return [r[:5] + r[6:] for r in read_rows(tmp_path / name, CERTIFY_COLUMNS)]  # all but time
-
-    assert rows("k1.tsv") == rows("single.tsv")
     # positive control: the two-member average is a different base classifier (counts differ somewhere)
     counts = [r[6] for r in read_rows(tmp_path / "full.tsv", CERTIFY_COLUMNS)]
     assert counts != [r[6] for r in read_rows(tmp_path / "single.tsv", CERTIFY_COLUMNS)]

@@ -56,3 +56,27 @@ def test_demo_refuses_a_bad_sigma_before_training(tmp_path):
     with pytest.raises(ValueError, match="sigmas must list at least one"):
         demo.run_demo(out=tmp_path / "d", sigmas=[])
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("sound", "said"), [(True, "sound (grid 255)"), (False, "float")])
+def test_demo_certifies_in_sound_mode_and_its_table_says_so(tmp_path, monkeypatch, sound, said):
+    import json
+
+    seen: list[Any] = []
+
+    def fake_train(config: Any) -> dict[str, Any]:
+        return {"sigma": config.sigma, "clean_accuracy": 0.9, "noisy_accuracy": 0.8}
+
+    def fake_run(config: Any) -> Path:  # the sidecar a certify run writes, as far as the table reads it
+        seen.append(config.sound)
+        identity = {"sigma": 0.25, "sound": config.sound, "grid": 255 if config.sound else None}
+        Path(config.out + ".json").write_text(json.dumps({"identity": identity}))
+        return _fake_log(Path(config.out), seed=1)
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setattr(plotting, "plot_certified_accuracy", lambda summaries, path, **kw: Path(path))
+    demo.run_demo(out=tmp_path, sigmas=[0.25], progress=False, sound=sound)
+    assert seen == [sound]  # the default is sound mode: test_demo's other test runs it that way
+    table = (tmp_path / "table.md").read_text()
+    assert ("CERTIFY in sound mode (grid 255" in table) == sound and f"smoothing: {said}." in table

@@ -72,11 +72,13 @@ def _strip_time(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["certify", "predict"])
-def test_torchrun_two_processes_equals_single_process(setup, command):
+@pytest.mark.parametrize(("command", "mode"), [("certify", ()), ("predict", ()), ("certify", ("--float-noise",))])
+def test_torchrun_two_processes_equals_single_process(setup, command, mode):
+    """Sound mode (the default) and float mode alike: the shards merge into the single process's rows."""
     root, data = setup
     common = [
         command,
+        *mode,
         "--model",
         str(root / "m"),
         "--data-dir",
@@ -97,7 +99,8 @@ def test_torchrun_two_processes_equals_single_process(setup, command):
     ]
     if command == "certify":
         common += ["--n0", "20"]
-    single, multi = root / f"{command}_single.tsv", root / f"{command}_multi.tsv"
+    tag = command + "".join(mode)
+    single, multi = root / f"{tag}_single.tsv", root / f"{tag}_multi.tsv"
     assert main([*common, "--out", str(single)]) == 0
     _torchrun([*common, "--out", str(multi)], root)
     assert _strip_time(multi) == _strip_time(single)
@@ -107,6 +110,7 @@ def test_torchrun_two_processes_equals_single_process(setup, command):
         json.loads(Path(str(multi) + ".json").read_text())["identity"]
         == json.loads(Path(str(single) + ".json").read_text())["identity"]
     )
+    assert json.loads(Path(str(multi) + ".json").read_text())["identity"]["sound"] is not bool(mode)
     _torchrun([*common, "--out", str(multi)], root)  # re-running resumes: nothing to add, nothing lost
     assert _strip_time(multi) == _strip_time(single)
     # --overwrite with other settings: new rows under a new sidecar (the old identity is gone)
@@ -146,6 +150,34 @@ def test_torchrun_trains_with_ddp(setup):
     meta = json.loads((out / "model.json").read_text())
     assert meta["epochs"] == 2 and (out / "model.safetensors").exists()
     assert [r.split("\t")[0] for r in (out / "train_log.tsv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_two_ranks_in_sound_mode_merge_into_the_single_process_rows(setup, tmp_path):
+    """The ranks of a sharded sound-mode run (played one after the other in this process: rank 1
+    writes its part, rank 0 its part and the merge) give the rows of one process, time aside.
+
+    Control: the same shards in float mode give other rows (the noise is drawn another way)."""
+    from smoothcert.runs.certify import RunConfig, run
+    from smoothcert.runtime.distributed import DistContext
+
+    root, data = setup
+    common = dict(command="certify", model=str(root / "m"), data_dir=str(data), n0=10, n=60, alpha=0.05, seed=3)
+    common.update(batch=100, max=6, device="cpu", progress=False)
+
+    def sharded(out, **more):
+        for rank in (1, 0):
+            run(RunConfig(out=str(out), **common, **more), DistContext(rank=rank, world_size=2))
+        return out
+
+    single = run(RunConfig(out=str(tmp_path / "single.tsv"), **common))
+    multi = sharded(tmp_path / "multi.tsv")
+    assert _strip_time(multi) == _strip_time(single) and len(_strip_time(multi)) == 1 + 6
+    identity = json.loads(Path(str(multi) + ".json").read_text())["identity"]
+    assert identity == json.loads(Path(str(single) + ".json").read_text())["identity"]
+    assert identity["sound"] is True and identity["grid"] == 255
+    assert not list(tmp_path.glob("multi.tsv.part*"))
+    floats = sharded(tmp_path / "float.tsv", sound=False)
+    assert _strip_time(floats) != _strip_time(single)
 
 
 def test_overwrite_under_torchrun_replaces_the_sidecar(setup, tmp_path):

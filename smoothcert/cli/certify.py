@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from smoothcert.cli.options import add_options, build_config
+from smoothcert.cli.options import add_options, add_sound_flag, build_config, check_sound_flag
 from smoothcert.cli.tasks import add_task_flag
 
 __all__ = ["cmd_run", "register"]
@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     for name, helptext in _HELP.items():
         p = sub.add_parser(name, help=helptext)
         add_options(p, RunConfig, command=name)
+        add_sound_flag(p)
         if name == "certify":
             add_task_flag(p)
         p.set_defaults(func=cmd_run)
@@ -33,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smoothcert.runtime.distributed import DistContext
 
     config = build_config(RunConfig, args, command=args.command)
+    check_sound_flag(args, sound=config.sound)
     dist = DistContext.from_env(config.device)
     try:
         out = run(config, dist)

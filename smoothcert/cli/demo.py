@@ -20,6 +20,11 @@ def register(sub: Any) -> None:
     d.add_argument("--sigmas", type=floats, default=[0.25, 0.5, 1.0])
     d.add_argument("--data-dir")
     add_device(d)
+    d.add_argument(
+        "--float-noise",
+        action="store_true",
+        help="certify in float mode (0.2's default) instead of sound mode (grid 255); continues a 0.2 demo",
+    )
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
@@ -39,5 +44,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         progress=not args.quiet,
+        sound=not args.float_noise,
     )
     return 0

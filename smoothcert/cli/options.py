@@ -40,7 +40,16 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["add_device", "add_options", "build_config", "floats", "int_at_least", "positive_int"]
+__all__ = [
+    "add_device",
+    "add_options",
+    "add_sound_flag",
+    "build_config",
+    "check_sound_flag",
+    "floats",
+    "int_at_least",
+    "positive_int",
+]
 
 Overrides = Mapping[str, Mapping[str, Any]]
 
@@ -75,6 +84,24 @@ def floats(text: str) -> list[float]:
 def add_device(p: argparse.ArgumentParser) -> None:
     """``--device`` for the commands whose config has no device field."""
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+
+
+def add_sound_flag(p: argparse.ArgumentParser) -> None:
+    """``--sound``: accepted so that 0.2 scripts keep working; sound mode is the default since 0.3."""
+    p.add_argument(
+        "--sound",
+        dest="sound_flag",
+        action="store_true",
+        help="accepted for 0.2 scripts: sound mode is the default (--float-noise turns it off)",
+    )
+
+
+def check_sound_flag(args: argparse.Namespace, *, sound: bool) -> None:
+    """Refuse ``--sound`` given with ``--float-noise`` (the two contradict each other)."""
+    from smoothcert.core.errors import ConfigError
+
+    if getattr(args, "sound_flag", False) and not sound:
+        raise ConfigError("--sound and --float-noise contradict each other: sound mode is the default, drop one")
 
 
 def _meta(f: dataclasses.Field[Any], overrides: Overrides | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from smoothcert.core.checks import check_int, check_sigma
 from smoothcert.runtime.devices import eval_mode
 
-__all__ = ["deepfool", "smoothed_pgd"]
+__all__ = ["deepfool", "onto_grid", "smoothed_pgd"]
 
 _SHRINK = 1.0 - 1e-6  # project onto a ball a hair smaller than epsilon, so rounding never leaves it
 
@@ -92,6 +92,33 @@ def smoothed_pgd(
             unit = grad / _norms(grad).clamp_min(1e-12).view(view)
             delta = _project(delta.detach() + step.view(view) * unit, eps)
     return (x + delta).detach()
+
+
+def onto_grid(x: torch.Tensor, adv: torch.Tensor, *, grid: int, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """A point of the grid ``i / grid`` near ``adv``, no farther than ``epsilon`` (L2) from ``x``, per example.
+
+    Sound-mode certificates cover grid inputs (``docs/sound.md``), so an attack on a sound-mode
+    classifier must end on the grid. ``x`` (B, ...) must be on the grid and ``||adv - x|| <=
+    epsilon``. Each coordinate of ``delta = adv - x`` (in grid steps) is rounded to the nearest
+    step; while that leaves the ball, the coordinates rounded away from zero are rounded toward
+    zero instead, those nearest a half step first (the least faithful roundings). Rounding every
+    coordinate toward zero shrinks each one, so the result is always inside the ball.
+    """
+    b = x.shape[0]
+    eps = _per_example(epsilon, b, x.double(), "epsilon")
+    base = torch.round(x.double() * grid).flatten(1)
+    d = adv.double().flatten(1) * grid - base  # delta in grid steps
+    near, toward = torch.round(d), torch.trunc(d)
+    gain = near**2 - toward**2  # squared norm saved by rounding a coordinate toward zero instead
+    need = (near**2).sum(1) - (eps * grid) ** 2  # squared norm (grid steps) to give up
+    frac = (d - toward).abs()
+    order = torch.where(gain > 0, frac, torch.full_like(frac, 2.0)).argsort(dim=1)
+    saved = gain.gather(1, order).cumsum(1)
+    count = torch.where(need > 0, (saved < need.unsqueeze(1)).sum(1) + 1, torch.zeros_like(need, dtype=torch.long))
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(d.shape[1], device=d.device).expand_as(order))
+    steps = torch.where(rank < count.unsqueeze(1), toward, near)
+    return ((base + steps) / grid).to(x.dtype).view_as(x)
 
 
 def deepfool(

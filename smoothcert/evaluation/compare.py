@@ -139,6 +139,8 @@ class Comparison:
     acr: PairedDifference | None
     eval_label_a: bool = False
     eval_label_b: bool = False
+    smoothing_a: str = "float"
+    smoothing_b: str = "float"
 
     @property
     def note(self) -> str | None:
@@ -152,6 +154,8 @@ class Comparison:
             "path_b": self.path_b,
             "label_mode_a": "eval-label" if self.eval_label_a else "selected",
             "label_mode_b": "eval-label" if self.eval_label_b else "selected",
+            "smoothing_a": self.smoothing_a,
+            "smoothing_b": self.smoothing_b,
             "norm": self.norm,
             "examples": self.examples,
             "passes_a": None if self.passes_a is None else self.passes_a.to_json(),
@@ -213,4 +217,6 @@ def compare_logs(
         acr=acr,
         eval_label_a=a.eval_label,
         eval_label_b=b.eval_label,
+        smoothing_a=a.smoothing,
+        smoothing_b=b.smoothing,
     )

@@ -49,6 +49,7 @@ __all__ = [
     "read_certify_log",
     "read_deepfool_log",
     "read_predict_log",
+    "smoothing_label",
     "subset",
 ]
 
@@ -208,6 +209,11 @@ class CertifyLog:
         return self.n_used is not None
 
     @property
+    def smoothing(self) -> str:
+        """Which noise ran (:func:`smoothing_label`): ``'sound (grid Q)'``, ``'float'`` or ``'deterministic'``."""
+        return smoothing_label(self.sidecar)
+
+    @property
     def eval_label(self) -> bool:
         """Written with ``--eval-label``: the true label was bounded, no class was selected (no n0 draws)."""
         return bool(self.identity.get("eval_label", False))
@@ -295,6 +301,21 @@ def subset(log: CertifyLog, keep: NDArray[np.int64]) -> CertifyLog:
     return replace(log, **arrays)
 
 
+def smoothing_label(sidecar: dict[str, Any] | None) -> str:
+    """How a log's certificates were computed, for tables and plots to say.
+
+    ``'sound (grid Q)'`` for a sound-mode log (``identity.sound``), ``'deterministic'`` for a
+    deterministic certifier's log (``smoothcert baseline``: no sigma), else ``'float'`` (float-mode
+    noise: a log written with ``--float-noise``, by 0.2 without ``--sound``, or by the 2019 reference).
+    """
+    ident = dict((sidecar or {}).get("identity", {}))
+    if ident.get("sound"):
+        return f"sound (grid {ident.get('grid') or 255})"
+    if sidecar is not None and "identity" in sidecar and ident.get("sigma") is None:
+        return "deterministic"
+    return "float"
+
+
 def _default_name(path: Path, sidecar: dict[str, Any] | None) -> str:
     if sidecar and "identity" in sidecar:
         model = sidecar.get("model", {})
@@ -364,6 +385,7 @@ class PredictLog:
     label: NDArray[np.int64]
     predict: NDArray[np.int64]
     n: int | None
+    smoothing: str = "float"
 
 
 def read_predict_log(path: str | Path, *, name: str | None = None) -> PredictLog:
@@ -384,6 +406,7 @@ def read_predict_log(path: str | Path, *, name: str | None = None) -> PredictLog
         label=cols.need("label", int),
         predict=cols.need("predict", int),
         n=n,
+        smoothing=smoothing_label(read_sidecar(p)),
     )
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "predict_quality",
     "project_certified_accuracy",
     "recompute_radii",
+    "smoothing_caption",
     "summarize",
 ]
 
@@ -274,6 +275,7 @@ class Summary:
     decisions: dict[str, int] | None = None
     eval_label: bool = False
     p_lower_quantiles: PLowerQuantiles | None = None
+    smoothing: str = "float"
 
     @property
     def label_mode(self) -> str:
@@ -287,6 +289,7 @@ class Summary:
             "norm": self.norm,
             "mode": self.mode,
             "label_mode": self.label_mode,
+            "smoothing": self.smoothing,
             "decision_radius": self.decision_radius,
             "radius_cap": self.radius_cap,
             "radii": self.radii,
@@ -355,9 +358,22 @@ def summarize(
                 decisions=decisions,
                 eval_label=log.eval_label,
                 p_lower_quantiles=p_lower_quantiles(log),
+                smoothing=log.smoothing,
             )
         )
     return out
+
+
+def smoothing_caption(items: Sequence[tuple[str, str]]) -> str:
+    """Which noise ran, for a table or plot of logs given as ``(name, smoothing)`` pairs.
+
+    ``'smoothing: sound (grid 255)'`` when every log shares one mode, else each log's:
+    ``'smoothing: A sound (grid 255); B float'``.
+    """
+    modes = {mode for _, mode in items}
+    if len(modes) <= 1:
+        return f"smoothing: {modes.pop() if modes else 'float'}"
+    return "smoothing: " + "; ".join(f"{name} {mode}" for name, mode in items)
 
 
 # ----------------------------------------------------------------------------- empirical (attack) curves
@@ -409,7 +425,7 @@ def predict_quality(logs: Sequence[PredictLog], reference: PredictLog) -> list[d
         correct, accurate = pred == label, pred == g
         cells = [answered & correct & accurate, answered & correct & ~accurate]
         cells += [answered & ~correct & accurate, answered & ~correct & ~accurate, ~answered]
-        row: dict[str, Any] = {"name": log.name, "n": log.n, "examples": m}
+        row: dict[str, Any] = {"name": log.name, "n": log.n, "examples": m, "smoothing": log.smoothing}
         row.update({k: float(np.sum(c) / m) for k, c in zip(PREDICT_QUALITY_KEYS, cells, strict=True)})
         out.append(row)
     return out

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from smoothcert.core.errors import ConfigError
 from smoothcert.evaluation.logs import CertifyLog, check_same_norm, norm_label
-from smoothcert.evaluation.metrics import Summary
+from smoothcert.evaluation.metrics import Summary, smoothing_caption
 
 __all__ = [
     "PLOT_EXTRA",
@@ -115,6 +115,7 @@ def plot_certified_accuracy(
         ax.plot(radii, acc, ls="--", color="gray", label=label)
     ax.set_xlabel(f"{norm_label(norm)} radius")
     ax.set_ylabel("certified accuracy")
+    fig.text(0.01, 0.005, smoothing_caption([(s.name, s.smoothing) for s in summaries]), fontsize=7, va="bottom")
     return _finish(fig, ax, path, title=title)
 
 
@@ -210,6 +211,7 @@ def plot_p_lower_ecdf(logs: Sequence[CertifyLog], path: str | Path, *, title: st
     ax.set_xlabel("certified lower bound p_lower on p_A")
     ax.set_ylabel("fraction of examples with p_lower ≤ x")
     ax.set_xlim(0, 1)
+    fig.text(0.01, 0.005, smoothing_caption([(log.name, log.smoothing) for log in logs]), fontsize=7, va="bottom")
     return _finish(fig, ax, path, title=title)
 
 

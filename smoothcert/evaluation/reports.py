@@ -1,7 +1,8 @@
 """Summaries, comparisons and PREDICT-quality tables as Markdown, LaTeX, CSV and JSON; no torch import.
 
 Every format names what a reader needs to interpret a row: the threat norm of the radii, the
-mode of a sequential log, and an eval-label log as such (``(eval-label)`` after its name, a
+mode of a sequential log, which noise ran (sound mode and its grid, float mode: a
+``smoothing`` note, field or column), and an eval-label log as such (``(eval-label)`` after its name, a
 ``label_mode`` field or column), with the caveat that a comparison of an eval-label log against
 one that selected its class favours the eval-label side. JSON is strict: a non-finite number is
 written as ``null``, never as ``NaN`` or ``Infinity`` (:func:`json_text`).
@@ -19,7 +20,7 @@ from typing import Any
 from smoothcert.core.errors import ConfigError
 from smoothcert.evaluation.compare import Comparison, PairedDifference
 from smoothcert.evaluation.logs import check_same_norm, norm_label
-from smoothcert.evaluation.metrics import PREDICT_QUALITY_KEYS, Summary
+from smoothcert.evaluation.metrics import PREDICT_QUALITY_KEYS, Summary, smoothing_caption
 
 __all__ = [
     "ACR_CAVEAT",
@@ -120,7 +121,7 @@ def _decisions_text(s: Summary) -> str:
 
 
 def _notes(summaries: Sequence[Summary]) -> list[str]:
-    notes = []
+    notes = [smoothing_caption([(shown_name(s.name, s.eval_label), s.smoothing) for s in summaries])]
     if any(s.mode == "decision" for s in summaries):
         notes.append(
             "n/a: a decision-mode log tests one radius, so its certified accuracy is given at that radius only"
@@ -275,7 +276,7 @@ def format_csv(summaries: Sequence[Summary]) -> str:
     w.writerow(
         ["name", "path", "examples", "radius", "certified_accuracy"]
         + (["certified_accuracy_lower"] if lower else [])
-        + ["acr", "abstain_rate", "norm", "mode", "label_mode"]
+        + ["acr", "abstain_rate", "norm", "mode", "label_mode", "smoothing"]
         + ["passes_mean", "passes_median", "passes_p99", "passes_max", "time_mean", *q_cols]
     )
     for s in summaries:
@@ -284,7 +285,7 @@ def format_csv(summaries: Sequence[Summary]) -> str:
         q_cells: list[Any] = [None] * len(q_cols)
         if q is not None:
             q_cells = [*q.all, *(q.correct if q.correct is not None else [None] * len(levels))]
-        tail = [s.abstain_rate, s.norm, s.mode, s.label_mode, *pass_cells, s.time_mean, *q_cells]
+        tail = [s.abstain_rate, s.norm, s.mode, s.label_mode, s.smoothing, *pass_cells, s.time_mean, *q_cells]
         for j, r in enumerate(s.radii):
             extra = [s.extra["certified_accuracy_lower"][j]] if lower else []
             w.writerow(map(_csv_value, [s.name, s.path, s.examples, r, s.certified_accuracy[j], *extra, s.acr, *tail]))
@@ -307,14 +308,15 @@ def _diff_cells(d: PairedDifference) -> list[str]:
 def _comparison_csv(comparisons: Sequence[Comparison]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head_cols = ["a", "b", "label_mode_a", "label_mode_b", "norm", "examples"]
+    head_cols = ["a", "b", "label_mode_a", "label_mode_b", "smoothing_a", "smoothing_b", "norm", "examples"]
     head_cols += ["passes_a_mean", "passes_b_mean", "passes_ratio", "time_ratio"]
     diff_cols = ["acc_a", "acc_b", "difference", "se", "ci95_low", "ci95_high", "a_only", "b_only", "mcnemar_p"]
     w.writerow([*head_cols, "radius", *diff_cols, "note"])
     for c in comparisons:
         modes = ["eval-label" if e else "selected" for e in (c.eval_label_a, c.eval_label_b)]
         means = [c.passes_a.mean if c.passes_a else None, c.passes_b.mean if c.passes_b else None]
-        head = [c.name_a, c.name_b, *modes, c.norm, c.examples, *means, c.passes_ratio, c.time_ratio]
+        head = [c.name_a, c.name_b, *modes, c.smoothing_a, c.smoothing_b, c.norm, c.examples, *means]
+        head += [c.passes_ratio, c.time_ratio]
         rows: list[tuple[Any, PairedDifference]] = [(r, d) for r, d in zip(c.radii, c.accuracy, strict=True) if d]
         rows += [("acr", c.acr)] if c.acr is not None else []
         for r, d in rows:
@@ -322,6 +324,10 @@ def _comparison_csv(comparisons: Sequence[Comparison]) -> str:
             cells = [*head, r, d.a, d.b, d.difference, d.se, d.ci_low, d.ci_high, *counts, c.note]
             w.writerow(map(_csv_value, cells))
     return buf.getvalue()
+
+
+def _sides(c: Comparison) -> list[tuple[str, bool, str]]:
+    return [(c.name_a, c.eval_label_a, c.smoothing_a), (c.name_b, c.eval_label_b, c.smoothing_b)]
 
 
 def format_comparison(comparisons: Sequence[Comparison], fmt: str) -> str:
@@ -358,7 +364,9 @@ def format_comparison(comparisons: Sequence[Comparison], fmt: str) -> str:
         for r, d in zip(c.radii, c.accuracy, strict=True):
             if d is not None:
                 diff_rows.append([*names, f"{r:g}", *_diff_cells(d)])
+    pairs = [(shown_name(n, e), m) for c in comparisons for n, e, m in _sides(c)]
     notes = [
+        smoothing_caption(list(dict.fromkeys(pairs))) + ".",
         "Paired over the examples both logs hold; SE and interval: normal approximation to the mean "
         "of per-example differences; McNemar: exact binomial test on the discordant examples.",
         *(f"Note: {c.note}." for c in comparisons if c.note),
@@ -383,14 +391,16 @@ def format_predict_quality(rows: Sequence[dict[str, Any]], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", "n", "examples", *keys])
+        w.writerow(["name", "n", "examples", "smoothing", *keys])
         for r in rows:
-            w.writerow([r["name"], r["n"], r["examples"], *(f"{r[k]:.4f}" for k in keys)])
+            w.writerow([r["name"], r["n"], r["examples"], r.get("smoothing", ""), *(f"{r[k]:.4f}" for k in keys)])
         return buf.getvalue()
+    caption = smoothing_caption([(str(r["name"]), str(r.get("smoothing", "float"))) for r in rows])
     head = ["PREDICT", *(k.replace("_", ", ") for k in keys)]
     cells = [[r["name"], *(f"{r[k]:.2f}" for k in keys)] for r in rows]
     if fmt == "latex":
-        return "\n".join(_latex_table(head, [[_tex(r[0]), *r[1:]] for r in cells], _spec(head, 1))) + "\n"
+        table = _latex_table(head, [[_tex(r[0]), *r[1:]] for r in cells], _spec(head, 1))
+        return "\n".join([*table, f"% {_tex(caption)}."]) + "\n"
     if fmt != "markdown":
         raise ConfigError(f"format must be markdown, latex, csv or json, got {fmt!r}")
-    return "\n".join(_markdown_table(head, cells, _spec(head, 1))) + "\n"
+    return "\n".join([*_markdown_table(head, cells, _spec(head, 1)), "", f"{caption}."]) + "\n"

@@ -29,7 +29,9 @@ __all__ = [
     "SEGMENTATION_COLUMNS",
     "ResultFileError",
     "ResultWriter",
+    "as_recorded",
     "format_row",
+    "identity_diff",
     "merge_parts",
     "part_path",
     "read_resumable",
@@ -148,15 +150,40 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
     return rows
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k))
+_MISSING = object()  # a key absent from one identity differs from the key present with None
 
 
-def read_resumable(path: str | Path, columns: Sequence[str], identity: dict[str, Any]) -> list[list[str]]:
+def as_recorded(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """``identity`` as its sidecar records it: through a JSON round trip (a tuple becomes a list, a path a string).
+
+    Identities are compared in this form only, so a setting held as a tuple compares equal to
+    the JSON list a sidecar read back holds (the one home of identity comparison: :func:`identity_diff`).
+    """
+    return dict(json.loads(json.dumps(dict(identity), sort_keys=True, default=str)))
+
+
+def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], *, absent: Mapping[str, Any] | None = None) -> str:
+    """The keys on which a recorded identity ``old`` and a run's ``new`` differ (``''`` when equal).
+
+    Both sides are compared as recorded (:func:`as_recorded`). ``absent`` gives the value a key
+    missing from ``old`` had when the key was not yet recorded (e.g. ``{"sound": False}`` for
+    logs written before sound mode was recorded): such a key compares as that value.
+    """
+    a = as_recorded({**as_recorded(absent or {}), **old} if absent else old)
+    b = as_recorded(new)
+    keys = sorted(set(a) | set(b))
+    return ", ".join(
+        f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k, _MISSING) != b.get(k, _MISSING)
+    )
+
+
+def read_resumable(
+    path: str | Path, columns: Sequence[str], identity: dict[str, Any], *, absent: Mapping[str, Any] | None = None
+) -> list[list[str]]:
     """Rows of an existing result file that may be continued with ``identity``.
 
-    Raises :class:`ResultFileError` when the file has no sidecar or was written with another identity.
+    Raises :class:`ResultFileError` when the file has no sidecar or was written with another
+    identity (compared by :func:`identity_diff`, with ``absent`` for keys older logs lack).
     """
     p = Path(path)
     meta = sidecar_path(p)
@@ -166,9 +193,10 @@ def read_resumable(path: str | Path, columns: Sequence[str], identity: dict[str,
             "(pass --overwrite to replace it, or choose another --out)"
         )
     old = (read_sidecar(p) or {}).get("identity", {})
-    if old != identity:
+    diff = identity_diff(old, identity, absent=absent)
+    if diff:
         raise ResultFileError(
-            f"{p} was written with a different configuration ({_diff(old, identity)}); "
+            f"{p} was written with a different configuration ({diff}); "
             "pass --overwrite to replace it, or choose another --out"
         )
     return read_rows(p, columns)
@@ -186,18 +214,25 @@ class ResultWriter:
     """Appends rows to a result file, resuming it when it was written with the same ``identity``.
 
     ``identity`` holds every setting that changes the rows (model, data, sigma, n, seed, ...);
-    ``sidecar`` is everything recorded in ``FILE.json`` (it must contain ``identity``).
+    ``sidecar`` is everything recorded in ``FILE.json`` (it must contain ``identity``);
+    ``absent`` as in :func:`identity_diff`.
     """
 
     def __init__(
-        self, path: str | Path, columns: Sequence[str], *, sidecar: dict[str, Any], overwrite: bool = False
+        self,
+        path: str | Path,
+        columns: Sequence[str],
+        *,
+        sidecar: dict[str, Any],
+        overwrite: bool = False,
+        absent: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.columns = tuple(columns)
         identity = sidecar["identity"]
         self.rows: list[list[str]] = []
         if self.path.exists() and not overwrite:
-            self.rows = read_resumable(self.path, self.columns, identity)
+            self.rows = read_resumable(self.path, self.columns, identity, absent=absent)
             _repair(self.path)  # only now, appending to a file known to be ours and compatible
             self._fh = self.path.open("a")
             if self.path.stat().st_size == 0:

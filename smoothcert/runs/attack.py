@@ -5,10 +5,14 @@ the smoothed classifier with :func:`~smoothcert.evaluation.attacks.smoothed_pgd`
 absolute radii) and judge success with PREDICT at the perturbed point: the attack succeeds
 when PREDICT returns a class other than the label (an abstention is not a success).
 
-The attacked classifier is the one the log certified: noise, norm, sigma, data set, split and
-denoiser are rebuilt from the log's sidecar identity, and the sha256 of ``--model`` (and of
-the denoiser) must be the log's. The attack is L2 PGD under Gaussian noise, so a log of any
-other norm or noise is refused rather than attacked with the wrong threat model.
+The attacked classifier is the one the log certified: every key of the log's sidecar identity
+is one attack knows (an allow-list, :data:`REBUILT_KEYS` and :data:`PROCEDURE_KEYS`; any other
+key is refused, naming it), and the classifier (model, denoiser, ensemble with its combination
+and consensus, lift, sound mode and grid, noise, norm, sigma, data, amp) is rebuilt by the
+certify run's own ``prepare`` and checked key by key against the log. The attack is L2 PGD
+under Gaussian noise, so a log of any other norm or noise is refused rather than attacked with
+the wrong threat model. A sound-mode log is attacked on the grid: the perturbed point is moved
+onto the grid inside the ball before PREDICT judges it.
 
 DeepFool (paper Fig. 6, dashed): the minimal L2 adversarial norm of each test example against
 a base classifier, from which ``smoothcert analyze --empirical`` draws an empirical
@@ -26,21 +30,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
 from smoothcert.core.errors import ConfigError
 from smoothcert.evaluation import analysis
-from smoothcert.evaluation.attacks import deepfool, smoothed_pgd
-from smoothcert.io.checkpoints import checkpoint_sha256, load_denoiser, load_model, versions
+from smoothcert.evaluation.attacks import deepfool, onto_grid, smoothed_pgd
+from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
 from smoothcert.io.data import load_dataset
-from smoothcert.io.logs import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, read_rows
-from smoothcert.runs.certify import example_generator, select_indices
-from smoothcert.runs.config import SPLITS, as_config_error
+from smoothcert.io.logs import ATTACK_COLUMNS, DEEPFOOL_COLUMNS, ResultWriter, as_recorded, read_rows
+from smoothcert.runs.certify import PreparedRun, example_generator, prepare, select_indices
+from smoothcert.runs.config import SPLITS, RunConfig, as_config_error
+from smoothcert.runs.resume import LEGACY
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.smoothing.classifier import SmoothedClassifier
 
-__all__ = ["AttackConfig", "AttackTarget", "attack_target", "run_deepfool", "run_tightness", "summarize_attack"]
+__all__ = [
+    "ATTACKABLE",
+    "PROCEDURE_KEYS",
+    "REBUILT_KEYS",
+    "AttackConfig",
+    "AttackTarget",
+    "attack_target",
+    "run_deepfool",
+    "run_tightness",
+    "summarize_attack",
+]
 
 # (noise, norm) pairs whose attack is implemented: smoothed_pgd is L2 PGD under Gaussian noise
 ATTACKABLE = {("gaussian", "l2")}
@@ -84,6 +98,19 @@ class AttackConfig:
     denoiser: str | None = field(
         default=None, metadata=_opt("denoiser directory (default: the certify log's; its sha256 must be the log's)")
     )
+    ensemble: str | None = field(
+        default=None,
+        metadata=_opt("comma list of the ensemble's further members (default: the certify log's; sha256 checked)"),
+    )
+    sound: bool = field(
+        default=True,
+        metadata=_opt(
+            "a certify log without sidecar was certified in float mode (default: sound mode, grid 255); a log "
+            "with sidecar sets the mode itself",
+            flag="--float-noise",
+            negate=True,
+        ),
+    )
     deepfool_steps: int = field(default=50, metadata={"cli": False})
     overshoot: float = field(default=0.02, metadata={"cli": False})
     overwrite: bool = field(default=False, metadata=_opt("replace an existing result file instead of resuming it"))
@@ -109,41 +136,104 @@ class AttackConfig:
                 raise ConfigError(f"{name} must be positive numbers, got {vals}")
 
 
+# The identity keys of a certify log that attack knows (the allow-list): REBUILT keys define the
+# certified smoothed classifier and are rebuilt, then checked equal to the log's; PROCEDURE keys say
+# how the certificate was computed (samples, seed, stopping rule, ...), not which classifier, and
+# leave the attack unchanged. A key in neither is refused, naming it, until attack learns it.
+REBUILT_KEYS = frozenset(
+    {
+        *("model_sha256", "denoiser_sha256", "ensemble_sha256", "combine", "consensus"),
+        *("lift", "lifted_sigma", "sound", "grid", "noise", "norm", "sigma", "dataset", "split", "amp"),
+    }
+)
+PROCEDURE_KEYS = frozenset(
+    {
+        *("command", "n", "n0", "alpha", "seed", "device_type", "compile", "sampler", "batch", "sound_radii"),
+        *("adaptive", "radius", "n_max", "beta", "radius_cap", "radius_tol", "radius_rtol", "eval_label"),
+    }
+)
+
+
 @dataclass(frozen=True)
 class AttackTarget:
-    """The smoothed classifier a certify log certified, rebuilt from its sidecar and checked."""
+    """The smoothed classifier a certify log certified, rebuilt from its sidecar and checked.
 
-    model: nn.Module
-    meta: dict[str, Any]
-    noise: str
-    norm: str
-    sigma: float
-    dataset: str
-    split: str
-    model_sha256: str
-    denoiser_sha256: str | None
+    ``plan`` is the certify run that would have written the log (``plan.smoothed`` judges the
+    attack with PREDICT, ``plan.dataset`` holds the inputs as certified, upsampled when lifted);
+    ``identity`` holds the rebuilt classifier's keys (:data:`REBUILT_KEYS`) as the attack log records them.
+    """
+
+    plan: PreparedRun
+    identity: dict[str, Any]
+
+    @property
+    def smoothed(self) -> SmoothedClassifier:
+        return self.plan.smoothed
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.plan.sidecar["model"])
+
+    @property
+    def sigma(self) -> float:
+        """The certified sigma (the model's scale; a lifted classifier smooths at ``lift`` times it)."""
+        return self.plan.sigma
 
 
 def _short(sha: str) -> str:
     return sha[:12]
 
 
-def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None, device: torch.device) -> AttackTarget:
-    """Rebuild the certified classifier (noise, norm, sigma, data, denoiser, model) from a log's sidecar.
+def _logged(identity: dict[str, Any], key: str) -> Any:
+    return identity.get(key, LEGACY.get(key))
 
-    Refuses (:class:`ConfigError`) a ``--model`` or denoiser whose sha256 is not the log's, a
-    ``--sigma``, ``--dataset`` or ``--split`` that contradicts the log, and a (noise, norm) pair
+
+def _member_paths(config: AttackConfig, identity: dict[str, Any], logged_config: dict[str, Any]) -> str | None:
+    """The ensemble's further members: ``--ensemble``, else the certify log's; refused when the log disagrees."""
+    paths = config.ensemble or logged_config.get("ensemble")
+    if "ensemble_sha256" in identity and not paths:
+        raise ConfigError(
+            f"certify log {config.certify_log!r} certified an ensemble, but its members were not found "
+            "(pass --ensemble DIR,DIR)"
+        )
+    if config.ensemble and identity and "ensemble_sha256" not in identity:
+        raise ConfigError(
+            f"certify log {config.certify_log!r} was certified without an ensemble, but --ensemble was given"
+        )
+    return str(paths) if paths else None
+
+
+def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None) -> AttackTarget:
+    """Rebuild the certified smoothed classifier from a log's sidecar and check it is the log's.
+
+    Every identity key of the log must be one attack knows (:data:`REBUILT_KEYS`,
+    :data:`PROCEDURE_KEYS`); another is refused (:class:`ConfigError`), naming it. The classifier
+    is rebuilt by the certify run's own :func:`~smoothcert.runs.certify.prepare` from the log's
+    settings (model, denoiser, ensemble with its combination and consensus, lift, sound mode and
+    grid, noise, norm, sigma, data, amp), and each rebuilt key must equal the log's: a ``--model``,
+    ``--denoiser`` or ``--ensemble`` member whose sha256 is not the log's, or a ``--sigma``,
+    ``--dataset`` or ``--split`` that contradicts it, is refused, and so is a (noise, norm) pair
     outside :data:`ATTACKABLE`. A log without sidecar (e.g. the 2019 reference's) is taken as
-    Gaussian L2 with the user's or the model's settings, and a warning says nothing was checked.
+    Gaussian L2 with the user's or the model's settings, in sound mode unless ``--float-noise``,
+    and a warning says nothing was checked.
     """
     identity: dict[str, Any] = dict((log_sidecar or {}).get("identity", {}))
     logged_config: dict[str, Any] = dict((log_sidecar or {}).get("config", {}))
     if log_sidecar is None:
         warnings.warn(
             f"certify log {config.certify_log!r} has no sidecar: the model, noise and norm it certified cannot "
-            "be checked; attacking --model under Gaussian L2 smoothing",
+            "be checked; attacking --model under Gaussian L2 smoothing"
+            + (" in sound mode (grid 255)" if config.sound else " in float mode"),
             UserWarning,
             stacklevel=3,
+        )
+    unknown = sorted(set(identity) - REBUILT_KEYS - PROCEDURE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"certify log {config.certify_log!r} has identity key {unknown[0]!r}"
+            + (f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
+            + ", which attack cannot rebuild yet: refusing rather than attacking another classifier than the "
+            "one the log certified"
         )
     noise = str(identity.get("noise", "gaussian"))
     norm = str(identity.get("norm", "l2"))
@@ -162,71 +252,85 @@ def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None, devi
         given, logged = getattr(config, name), identity.get(name)
         if given is not None and logged is not None and given != logged:
             raise ConfigError(f"--{name} {given!r} contradicts the certify log's {name} {logged!r}")
-    model, meta = load_model(config.model, device=device)
     denoiser_path = config.denoiser or logged_config.get("denoiser")
     logged_denoiser = identity.get("denoiser_sha256")
-    denoiser_sha: str | None = None
     if log_sidecar is not None and (logged_denoiser is None) != (denoiser_path is None):
         raise ConfigError(
             f"certify log {config.certify_log!r} was certified "
             + ("with a denoiser" if logged_denoiser else "without a denoiser")
             + (", but none was found (pass --denoiser)" if logged_denoiser else ", but --denoiser was given")
         )
-    if denoiser_path is not None:
-        from smoothcert.models.denoisers import compose
-
-        denoiser_sha = checkpoint_sha256(denoiser_path)
-        if logged_denoiser is not None and denoiser_sha != logged_denoiser:
-            raise ConfigError(
-                f"denoiser {str(denoiser_path)!r} (sha256 {_short(denoiser_sha)}) is not the one certify log "
-                f"{config.certify_log!r} used (sha256 {_short(str(logged_denoiser))})"
-            )
-        denoiser, _ = load_denoiser(denoiser_path, device=device)
-        model = compose(denoiser, model).eval()
-    sigma = float(identity.get("sigma") or config.sigma or meta["sigma"])
-    with as_config_error():
-        check_sigma(sigma)
-    return AttackTarget(
-        model=model,
-        meta=meta,
+    sound = bool(_logged(identity, "sound")) if log_sidecar is not None else config.sound
+    if log_sidecar is not None and sound and not config.sound:
+        raise ConfigError(
+            f"certify log {config.certify_log!r} was certified in sound mode: --float-noise would attack "
+            "another classifier than the one it certified"
+        )
+    run_config = RunConfig(
+        command="certify",
+        model=config.model,
+        out=config.out,  # prepare opens no file
+        denoiser=denoiser_path,
+        ensemble=_member_paths(config, identity, logged_config),
+        combine=str(identity.get("combine", "softmax")),
+        consensus=identity.get("consensus"),
+        lift=identity.get("lift"),
+        dataset=identity.get("dataset") or config.dataset,
+        data_dir=config.data_dir,
+        split=str(identity.get("split") or config.split or "test"),
+        sigma=identity.get("sigma") or config.sigma,
+        n=config.n,
+        alpha=config.alpha,
+        batch=config.batch,
+        device=config.device,
+        amp=identity.get("amp"),
+        channels_last=bool(logged_config.get("channels_last", False)),
         noise=noise,
         norm=norm,
-        sigma=sigma,
-        dataset=str(identity.get("dataset") or config.dataset or meta["dataset"]),
-        split=str(identity.get("split") or config.split or "test"),
-        model_sha256=model_sha,
-        denoiser_sha256=denoiser_sha,
+        sound=sound,
+        grid=identity.get("grid") if sound else None,
+        progress=False,
     )
+    plan = prepare(run_config)
+    rebuilt = {k: plan.identity.get(k, LEGACY.get(k)) for k in sorted(REBUILT_KEYS)}
+    if log_sidecar is not None:
+        logged = as_recorded({k: _logged(identity, k) for k in sorted(REBUILT_KEYS)})
+        mine = as_recorded(rebuilt)
+        for key in sorted(REBUILT_KEYS):
+            if logged.get(key) != mine.get(key):
+                raise ConfigError(
+                    f"the classifier rebuilt from certify log {config.certify_log!r} differs from the one it "
+                    f"certified in {key}: {logged.get(key)!r} there, {mine.get(key)!r} rebuilt"
+                    + (" (pass the members it certified with --ensemble)" if key == "ensemble_sha256" else "")
+                )
+    return AttackTarget(plan=plan, identity={k: v for k, v in rebuilt.items() if v is not None})
 
 
 def run_tightness(config: AttackConfig) -> dict[str, Any]:
     """Attack every certified-correct example of ``config.certify_log``; returns the success summary.
 
-    Everything is checked (:func:`attack_target`) before the attack log is opened.
+    Everything is checked (:func:`attack_target`) before the attack log is opened. The attack
+    runs PGD on the rebuilt smoothed classifier's base classifier at its sigma (the lifted one's
+    under lift); in sound mode the perturbed point is moved onto the grid within the ball
+    (:func:`~smoothcert.evaluation.attacks.onto_grid`), as the certificate covers grid inputs.
     """
     if config.certify_log is None:
         raise ConfigError("the tightness attack needs --certify-log (a certify log of this model)")
     if (config.multiples is None) == (config.radii is None):
         raise ConfigError("give exactly one of --multiples and --radii")
     with as_config_error():
-        device = resolve_device(config.device)
         log = analysis.read_certify_log(config.certify_log)
-        target = attack_target(config, log.sidecar, device)
-        dataset = load_dataset(target.dataset, target.split, config.data_dir)
-    model, meta, sigma = target.model, target.meta, target.sigma
+        target = attack_target(config, log.sidecar)
+    plan, smoothed = target.plan, target.smoothed
+    device, dataset = plan.device, plan.dataset
     targets = [(int(i), float(r)) for i, r, ok in zip(log.idx, log.radius, log.correct, strict=True) if ok and r > 0]
     if config.max is not None:
         targets = targets[: config.max]
-    smoothed = SmoothedClassifier(
-        model, int(meta["num_classes"]), sigma, device=device, noise=target.noise, norm=target.norm
-    )
     sidecar = {
         "identity": {
             "command": "attack",
-            "model_sha256": target.model_sha256,
-            **({"denoiser_sha256": target.denoiser_sha256} if target.denoiser_sha256 else {}),
+            **target.identity,
             "certify_log": str(Path(config.certify_log).resolve()),
-            "sigma": sigma,
             "multiples": config.multiples,
             "radii": config.radii,
             "steps": config.steps,
@@ -238,10 +342,11 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
             "device_type": device.type,
         },
         "config": asdict(config),
-        "model": meta,
+        "model": target.meta,
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    base = smoothed.base_classifier
     with ResultWriter(config.out, ATTACK_COLUMNS, sidecar=sidecar, overwrite=config.overwrite) as writer:
         for idx, radius in targets:
             if idx in writer.done:
@@ -252,21 +357,23 @@ def run_tightness(config: AttackConfig) -> dict[str, Any]:
             xs = x.unsqueeze(0).repeat(k, *[1] * x.ndim).to(device)
             eps_t = torch.tensor(eps, dtype=xs.dtype, device=device)
             adv = smoothed_pgd(
-                model,
+                base,
                 xs,
                 torch.full((k,), int(y)),
-                sigma=sigma,
+                sigma=smoothed.sigma,
                 epsilon=eps_t,
                 steps=config.steps,
                 step_size=config.step_factor * eps_t / max(config.steps, 1),
                 num_noise=config.num_noise,
                 generator=example_generator(config.seed, idx, device),
             )
+            if smoothed.grid is not None:
+                adv = onto_grid(xs, adv, grid=smoothed.grid, epsilon=eps_t)
             judge = [example_generator(config.seed + 1, idx * 1000 + j, device) for j in range(k)]
             preds = smoothed.predict_batch(
                 adv, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=judge
             )
-            norms = (adv - xs).flatten(1).norm(dim=1).tolist()
+            norms = (adv.double() - xs.double()).flatten(1).norm(dim=1).tolist()
             writer.write(
                 {
                     "idx": idx,

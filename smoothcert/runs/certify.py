@@ -9,6 +9,15 @@ NCHW and NHWC, or between batches of 512 and 100, on CPU. A vote on a near-tie c
 flip, and so can a row. Both settings are recorded in the sidecar (``layout``), not in the
 log's identity: a run resumed with another layout is accepted, as the noise is unchanged.
 
+Sound mode (``sound=True``, grid 255) is the default since 0.3; the identity records ``sound``
+and ``grid`` always. A 0.2 float-mode log (no ``sound`` in its identity) continues only in float
+mode (``--float-noise``), and a 0.2 sound-mode log is not continued (:func:`check_legacy_resume`).
+
+The ``time`` column: an example certified alone (its draws exceed the batch) gets its own
+wall-clock time; examples that share forward passes get the chunk's time split by their share
+of the passes (:func:`shared_times`): equal shares for fixed-n rows, shares in proportion to
+``n_used`` for sequential ones.
+
 :func:`prepare` validates the whole configuration (settings, the sequential schedule, the
 radius's reachability, the model against the data and the denoiser) before :func:`run` opens
 any file, so a refused configuration leaves no log and no sidecar behind.
@@ -40,6 +49,7 @@ from smoothcert.io.logs import (
     sidecar_path,
 )
 from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
+from smoothcert.runs.resume import LEGACY, SOUND_RADII, check_legacy_resume
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.perf import cpu_supports_bf16
@@ -50,15 +60,30 @@ from smoothcert.smoothing.noises import make_noise
 
 __all__ = [
     "AMP",
+    "LEGACY",
+    "SOUND_RADII",
     "SPLITS",
     "PreparedRun",
     "RunConfig",
     "as_config_error",
+    "check_legacy_resume",
     "example_generator",
     "prepare",
     "run",
     "select_indices",
+    "shared_times",
 ]
+
+
+def _check_on_grid(smoothed: SmoothedClassifier, x: torch.Tensor, name: str) -> None:
+    """Sound mode: refuse data off the grid in one line that names ``--float-noise``."""
+    try:
+        smoothed.check_on_grid(x, name=name)
+    except ValueError as e:
+        raise ConfigError(
+            f"{' '.join(str(e).split())}; sound mode (the default) needs inputs on the grid i/{smoothed.grid}: "
+            "pass --float-noise (Python: sound=False) to certify these inputs in float mode"
+        ) from e
 
 
 def select_indices(size: int, *, skip: int, max_examples: int | None) -> list[int]:
@@ -253,8 +278,13 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         from smoothcert.smoothing.lifting import lift
 
         smoothed = lift(smoothed, factor=config.lift)
+        if config.sound and not smoothed.sound:  # never a float-mode run under a sound-mode identity
+            raise ConfigError(
+                "lift does not carry sound mode in this version of smoothcert.smoothing.lifting: pass --float-noise "
+                "(Python: sound=False) to certify the lifted classifier in float mode"
+            )
     if smoothed.grid is not None:  # refuse a data set that is not on the grid before any file is written
-        smoothed.check_on_grid(dataset[indices[0]][0], name=f"{dataset_name} example {indices[0]}")
+        _check_on_grid(smoothed, dataset[indices[0]][0], f"{dataset_name} {config.split} example {indices[0]}")
     identity: dict[str, Any] = {
         "command": config.command,
         "model_sha256": checkpoint_sha256(config.model),
@@ -281,9 +311,10 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         identity.update(ensemble_sha256=member_hashes, combine=config.combine, consensus=config.consensus)
     if config.lift is not None:
         identity.update(lift=config.lift, lifted_sigma=smoothed.sigma)
-    if config.sound:
-        identity["sound"] = True
-        identity["grid"] = smoothed.grid
+    identity["sound"] = config.sound  # always recorded since 0.3 (absent: a 0.2 float-mode log, see LEGACY)
+    identity["grid"] = smoothed.grid
+    if config.sound:  # 0.3's sound radii (the grid offset subtracted): rows a 0.2 sound-mode log did not write
+        identity["sound_radii"] = SOUND_RADII
     if config.command == "certify":
         identity["n0"] = config.n0
     if config.adaptive:
@@ -334,13 +365,16 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     plan = prepare(config, dist)
     indices, columns, identity, sidecar = plan.indices, plan.columns, plan.identity, plan.sidecar
     out = Path(config.out)
+    if not config.overwrite:
+        check_legacy_resume(out, identity)
     if dist.world_size > 1:
         part = part_path(out, dist.rank, dist.world_size)
         if config.overwrite and dist.is_main:  # the old log and its sidecar (old identity) both go
             for stale in (out, sidecar_path(out)):
                 stale.unlink(missing_ok=True)
         dist.barrier()
-        done_before = {int(r[0]) for r in read_resumable(out, columns, identity)} if out.exists() else set()
+        done = read_resumable(out, columns, identity, absent=LEGACY) if out.exists() else []
+        done_before = {int(r[0]) for r in done}
         mine = [i for pos, i in enumerate(indices) if pos % dist.world_size == dist.rank and i not in done_before]
         target = part
     else:
@@ -351,7 +385,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     # the pass-size probe runs now, so its cost is in no example's time; the sidecar records it
     probe = plan.smoothed.probe_pass_size(batch_size=config.batch)
     sidecar = {**sidecar, "pass_size_probe": probe.as_dict() if probe is not None else None}
-    with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite) as writer:
+    with ResultWriter(target, columns, sidecar=sidecar, overwrite=config.overwrite, absent=LEGACY) as writer:
         todo = [i for i in mine if i not in writer.done]
         # Several examples share a forward pass only when each one's draws fit in a batch; otherwise
         # each example is written as soon as it is done, with its own time, so a crash loses at
@@ -380,6 +414,21 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     return out
 
 
+def shared_times(elapsed: float, passes: list[int]) -> list[str]:
+    """The ``time`` column of examples certified together: ``elapsed`` split by each one's share of the passes.
+
+    Examples whose draws fit in one batch share forward passes, so no example's own time can be
+    read off a clock; the time of a pass is nearly proportional to the noisy inputs it classifies,
+    so each example is attributed ``elapsed * passes_i / sum(passes)`` (the rows' times add up to
+    the chunk's). Fixed-n examples draw alike, so they get equal shares; a sequential example
+    that stopped early gets a smaller share than one that ran to ``n_max``.
+    """
+    total = sum(passes)
+    if total <= 0:
+        return [f"{elapsed / max(len(passes), 1):.6f}"] * len(passes)
+    return [f"{elapsed * p / total:.6f}" for p in passes]
+
+
 def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
     """The log rows (column name -> value) of the examples ``chunk``, certified or predicted together."""
     config, smoothed, device = plan.config, plan.smoothed, plan.device
@@ -403,8 +452,8 @@ def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
             labels=labels if config.eval_label else None,
             generator=gens,
         )
-        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
-        for i, y, a in zip(chunk, labels, acerts, strict=True):
+        times = shared_times(time.perf_counter() - began, [a.n_used for a in acerts])
+        for i, y, a, elapsed in zip(chunk, labels, acerts, times, strict=True):
             rows.append(
                 {
                     **{"idx": i, "label": y, "predict": a.label, "radius": repr(a.radius)},
@@ -417,8 +466,8 @@ def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
         certs = smoothed.certify_batch(
             xs, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens
         )
-        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
-        for i, y, c in zip(chunk, labels, certs, strict=True):
+        times = shared_times(time.perf_counter() - began, [c.n0 + c.n for c in certs])
+        for i, y, c, elapsed in zip(chunk, labels, certs, times, strict=True):
             rows.append(
                 {
                     **{"idx": i, "label": y, "predict": c.label, "radius": repr(c.radius)},
@@ -428,8 +477,8 @@ def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
             )
     else:
         preds = smoothed.predict_batch(xs, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens)
-        elapsed = f"{(time.perf_counter() - began) / len(chunk):.6f}"
-        for i, y, p in zip(chunk, labels, preds, strict=True):
+        times = shared_times(time.perf_counter() - began, [p.n for p in preds])
+        for i, y, p, elapsed in zip(chunk, labels, preds, times, strict=True):
             rows.append(
                 {
                     **{"idx": i, "label": y, "predict": p.label, "correct": int(p.label == y), "time": elapsed},

@@ -61,6 +61,10 @@ class RunConfig:
 
     Each field's metadata (help, flag details) is the single source of the command-line option
     (:mod:`smoothcert.cli.options`). The sidecar of a log records every field.
+
+    Sound mode is the default (``sound=True``, grid 255; ``--float-noise`` on the command line,
+    ``sound=False`` here, keeps 0.2's float mode): every built-in data set is 8-bit, so its inputs
+    lie on the grid and the certificate holds for the floating-point computation that runs.
     """
 
     command: Literal["certify", "predict"] = field(metadata={"cli": False})
@@ -136,14 +140,19 @@ class RunConfig:
         default=None, metadata=_opt("noise (default: the denoiser's, else the model's)", choices=NOISES)
     )
     sound: bool = field(
-        default=False,
+        default=True,
         metadata=_opt(
-            "sound mode: inputs on the grid i/GRID, noise drawn on that grid with integer arithmetic, so the "
-            "certificate holds in floating point for every grid input within the radius (docs/sound.md)"
+            "float mode: draw the noise in floating point (0.2's default) instead of sound mode, where inputs lie "
+            "on the grid i/GRID and the noise is drawn on that grid with integer arithmetic, so the certificate "
+            "holds in floating point for every grid input within the radius (docs/sound.md); every built-in data "
+            "set is 8-bit, on the default grid",
+            flag="--float-noise",
+            negate=True,
         ),
     )
     grid: int | None = field(
-        default=None, metadata=_opt("the input grid of --sound (default: 255, 8-bit pixels)", min=2)
+        default=None,
+        metadata=_opt("the input grid of sound mode (default: 255, 8-bit pixels); not with --float-noise", min=2),
     )
     norm: str = field(default="l2", metadata=_opt("threat norm of the radius (default: l2)", choices=NORMS))
     adaptive: bool = field(
@@ -211,13 +220,20 @@ class RunConfig:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.pass_size is not None:
             check_int("pass_size", self.pass_size)
-        if self.lift is not None and (self.sound or self.denoiser is not None):
-            raise ConfigError("lift applies to float-mode smoothing of a classifier (not with sound or denoiser)")
+        if self.lift is not None and self.denoiser is not None:
+            raise ConfigError("lift applies to the smoothing of a classifier, not with a denoiser")
         if (self.consensus is not None or self.combine != "softmax") and self.ensemble is None:
             raise ConfigError("combine and consensus apply to an ensemble: add ensemble=... (--ensemble DIR,DIR)")
+        if self.consensus == 1:  # the first member alone decides every draw: the other members never run
+            raise ConfigError(
+                "consensus=1 certifies the ensemble's first member (--model) alone, while the log would name the "
+                "whole ensemble: use consensus >= 2, or certify --model without --ensemble"
+            )
         if self.grid is not None:
             if not self.sound:
-                raise ConfigError(f"grid={self.grid!r} applies only to sound mode: add sound=True (--sound)")
+                raise ConfigError(
+                    f"grid={self.grid!r} applies only to sound mode: drop --float-noise (Python: sound=True)"
+                )
             check_int("grid", self.grid, 2)
         if self.n_max is not None:
             check_int("n_max", self.n_max)
