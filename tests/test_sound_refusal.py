@@ -86,6 +86,7 @@ ROUTES = {
         n=64,
         alpha=0.001,
         dim=D,
+        xs=x[None],
     ),
 }
 
@@ -132,8 +133,9 @@ def test_reviewer_construction_gives_a_false_certificate_without_the_check(monke
     x = _off_grid()
     selection = clf.run_engine(x[None], ClassVotes(2), n=100, batch_size=1000, generator=_gen())
     estimation = clf.run_engine(x[None], ClassVotes(2), n=2000, batch_size=1000, generator=_gen())
-    (cert,) = clf.certificates_from_counts(selection, estimation, n0=100, n=2000, alpha=0.001, dim=D)
-    assert cert.label == 1 and cert.radius > 0 and cert.sound
+    (cert,) = clf.certificates_from_counts(selection, estimation, n0=100, n=2000, alpha=0.001, dim=D, xs=x[None])
+    # g(x) = 1 is claimed (the grid offset, 0.055 here, is already given up in the radius)
+    assert cert.label == 1 and not cert.abstained and cert.sound
     # the truth at x: continuous Gaussian noise, then round to the grid (float64, exact enough here)
     rng = np.random.default_rng(1)
     z = np.rint(Q * (x.double().numpy() + rng.normal(0.0, SIGMA, size=(4000, D))))
