@@ -51,22 +51,6 @@ def test_lift_certifies_twice_the_radius_at_twice_the_resolution(setup, tmp_path
     assert any(float(r[3]) > r_max for r in lifted) or all(float(r[3]) == 0 for r in plain)
 
 
-def _lift_carries_sound() -> bool:
-    import torch
-
-    from smoothcert.smoothing.classifier import SmoothedClassifier
-    from smoothcert.smoothing.lifting import lift
-
-    sc = SmoothedClassifier(torch.nn.Flatten(), 784, 0.25, sound=True, input_shape=(1, 28, 28))
-    return bool(getattr(lift(sc, factor=2), "sound", False))
-
-
-@pytest.mark.xfail(
-    not _lift_carries_sound(),
-    reason="smoothing.lifting.lift does not carry sound mode yet (helper 'smoothed' adds it); until then "
-    "certify --lift in the default sound mode is refused, naming --float-noise",
-    strict=True,
-)
 def test_lift_certifies_in_sound_mode_by_default(setup, tmp_path):
     _, data, models = setup
     assert _certify(data, models[0], tmp_path / "lift.tsv", "--lift", "2") == 0
