@@ -316,11 +316,9 @@ def test_certify_through_the_diffusion_denoiser_and_sound_mode_feeds_the_grid(sa
 
 
 def _main_with_train_diffusion(monkeypatch):
-    """The CLI with ``train-diffusion`` registered as the lead registers it in cli/main.py."""
+    """The CLI's main, where ``train-diffusion`` is registered."""
     cli = importlib.import_module("smoothcert.cli.main")
-    from smoothcert.cli.diffusion import register
-
-    monkeypatch.setitem(cli._COMMANDS, "train-diffusion", (register, "train a small DDPM"))
+    assert "train-diffusion" in cli._COMMANDS
     return cli.main
 
 

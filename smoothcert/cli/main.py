@@ -28,6 +28,7 @@ from smoothcert.cli.baseline import register as _baseline
 from smoothcert.cli.certify import register as _certify
 from smoothcert.cli.demo import register as _demo
 from smoothcert.cli.denoiser import register as _denoiser
+from smoothcert.cli.diffusion import register as _diffusion
 from smoothcert.cli.importing import register as _import
 from smoothcert.cli.tasks import register as _tasks
 from smoothcert.cli.tasks import route
@@ -37,7 +38,7 @@ from smoothcert.core.errors import SmoothcertError
 
 __all__ = ["build_parser", "main"]
 
-_HEAVY = {"train", "train-denoiser", "certify", "predict", "attack", "demo", "import", "baseline"}
+_HEAVY = {"train", "train-denoiser", "train-diffusion", "certify", "predict", "attack", "demo", "import", "baseline"}
 _HEAVY |= {"train-task", "certify-task"}
 
 
@@ -46,6 +47,7 @@ _HEAVY |= {"train-task", "certify-task"}
 _COMMANDS: dict[str, tuple[Any, str | None]] = {
     "train": (_train, "train a base classifier under noise (--method, or --task segmentation|localization)"),
     "train-denoiser": (_denoiser, "train a denoiser for denoised smoothing (Salman et al. 2020)"),
+    "train-diffusion": (_diffusion, "train a small DDPM for diffusion denoised smoothing (Carlini et al. 2023)"),
     "certify": (_certify, "CERTIFY every selected example of a split (or --task segmentation|localization)"),
     "predict": (_certify, "PREDICT every selected example of a split"),
     "analyze": (_analyze, "certified-accuracy tables and plots from certify logs"),
