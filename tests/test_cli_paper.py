@@ -76,7 +76,9 @@ def test_lift_never_runs_float_mode_under_a_sound_identity(setup, tmp_path, caps
         out = real(smoothed, factor=factor)
         if not out.sound:
             return out
-        return SmoothedClassifier(out.base_classifier, out.num_classes, out.sigma, input_shape=out.input_shape)
+        return SmoothedClassifier(
+            out.base_classifier, out.num_classes, out.sigma, input_shape=out.input_shape, sound=False
+        )
 
     monkeypatch.setattr(lifting, "lift", float_lift)
     _, data, models = setup

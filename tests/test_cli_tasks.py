@@ -134,7 +134,7 @@ def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(
     assert table.splitlines()[0].endswith("| mode |") and "| sound, grid 255 |" in table
 
 
-def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_grid_scene(trained, tmp_path, monkeypatch):
+def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_grid_scene(trained, tmp_path, monkeypatch, capsys):
     """The CLI builds its smoothed models with sound=True (grid 255) or, with --float-noise, sound=False:
     never the library's per-input "auto", so every row is in the mode the log's identity names. A scene
     moved off the grid is refused in sound mode (not certified in float mode) and runs with --float-noise."""
@@ -167,6 +167,8 @@ def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_gri
     ]
     scene = FashionScenes.__getitem__
     monkeypatch.setattr(FashionScenes, "__getitem__", lambda self, i: (scene(self, i)[0] + 0.3 / 255, scene(self, i)[1]))
-    with pytest.raises(ValueError, match="grid"):
-        _certify(root, data, "segmentation", tmp_path / "off.tsv", "--max", "1")
+    capsys.readouterr()
+    assert _certify(root, data, "segmentation", tmp_path / "off.tsv", "--max", "1") == 2  # one line, exit 2
+    err = capsys.readouterr().err
+    assert "grid" in err and err.count("\n") == 1
     assert _certify(root, data, "segmentation", tmp_path / "off_float.tsv", "--max", "1", "--float-noise") == 0

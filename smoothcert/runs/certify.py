@@ -278,12 +278,12 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         from smoothcert.smoothing.lifting import lift
 
         smoothed = lift(smoothed, factor=config.lift)
-        if config.sound and not smoothed.sound:  # never a float-mode run under a sound-mode identity
+        if config.sound and smoothed.sound is not True:  # never a float- or auto-mode run under a sound identity
             raise ConfigError(
                 "lift does not carry sound mode in this version of smoothcert.smoothing.lifting: pass --float-noise "
                 "(Python: sound=False) to certify the lifted classifier in float mode"
             )
-    if smoothed.grid is not None:  # refuse a data set that is not on the grid before any file is written
+    if smoothed.sound is True:  # refuse a data set that is not on the grid before any file is written
         _check_on_grid(smoothed, dataset[indices[0]][0], f"{dataset_name} {config.split} example {indices[0]}")
     identity: dict[str, Any] = {
         "command": config.command,
