@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 18: certificates in sound mode against float mode on the demo's Fashion-MNIST models
+# Certificates in sound mode against float mode on the demo's Fashion-MNIST models
 # (8-bit images, so on the grid 1/255): the same 500 test examples (every 20th), n0 = 100,
 # n = 1,000, alpha = 0.001, seed 0, both modes run now on this code. Paired comparison: sound vs float.
 # Since 0.3 sound mode is the default; float mode is --float-noise.
