@@ -347,3 +347,40 @@ def test_train_diffusion_trains_resumes_loads_and_refuses_in_one_line(tmp_path, 
     assert main([*args, "--epochs", "1", "--channels", "8,10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "multiples of norm_groups=4" in err, err
+
+
+# ------------------------------------------------------------------ certify --diffusion
+
+
+def test_certify_with_a_diffusion_directory_records_it_and_refuses_mismatches(saved, tmp_path, capsys):
+    """``certify --diffusion DIR`` smooths model(D(x + noise)) with a classifier trained without noise; the
+    log's identity names the diffusion model (sha256) and its timestep. Refused in one line, writing
+    nothing: a diffusion model of another image size (positive control: the matching one runs), and
+    --diffusion together with --denoiser."""
+    from smoothcert.cli.main import main
+
+    data = write_idx_dataset(tmp_path / "fmnist", n_train=32, n_test=4)
+    clf = tmp_path / "plain"
+    train = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--arch", "small_cnn", "--sigma", "0"]
+    assert main([*train, "--epochs", "1", "--batch", "16", "--train-limit", "16", "--out", str(clf), "--quiet"]) == 0
+    ddpm = tmp_path / "ddpm28"
+    save_diffusion(ddpm, _tiny_unet(size=28), diffusers.DDPMScheduler(num_train_timesteps=100))
+    base = ["certify", "--model", str(clf), "--data-dir", str(data), "--sigma", "0.25", "--quiet"]
+    base += ["--n0", "5", "--n", "20", "--max", "2", "--batch", "50"]
+    out = tmp_path / "cert.tsv"
+    assert main([*base, "--diffusion", str(ddpm), "--out", str(out)]) == 0
+    identity = json.loads((tmp_path / "cert.tsv.json").read_text())["identity"]
+    abar = diffusers.DDPMScheduler(num_train_timesteps=100).alphas_cumprod
+    assert identity["diffusion_sha256"] == diffusion_sha256(ddpm)
+    assert identity["diffusion_t"] == choose_timestep(abar, 0.25)
+    assert identity["sound"] is True and len(out.read_text().splitlines()) == 3
+    capsys.readouterr()
+    for extra, fragment in (
+        (["--diffusion", str(saved)], "8x8 images"),  # an 8 x 8 diffusion model for 28 x 28 images
+        (["--diffusion", str(ddpm), "--denoiser", str(clf)], "denoiser"),
+    ):
+        bad = tmp_path / "bad.tsv"
+        assert main([*base, *extra, "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, err
+        assert not bad.exists() and not (tmp_path / "bad.tsv.json").exists()

@@ -225,6 +225,16 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         check_compatible(denoiser_meta, meta)
         model = compose(denoiser, model).eval()
     noise, sigma = _noise_and_sigma(config, meta, denoiser_meta)
+    diffusion: dict[str, Any] = {}  # diffusion denoised smoothing: model(D(z)), D one call of a diffusers UNet
+    if config.diffusion is not None:
+        from smoothcert.io.diffusion import load_diffusion_denoiser
+        from smoothcert.models.denoisers import compose
+
+        shape = tuple(int(v) for v in meta["input_shape"])
+        den, diffusion = load_diffusion_denoiser(config.diffusion, sigma=sigma, image_shape=shape, device=device)
+        model = compose(den, model).eval()
+        if noise != "gaussian":
+            _warn(f"smoothing with {noise} noise through a diffusion model trained to remove Gaussian noise")
     noise_obj = make_noise(noise, sigma)
     noise_obj.check_norm(config.norm)
     dataset_name = config.dataset or str(meta["dataset"])
@@ -289,6 +299,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         "command": config.command,
         "model_sha256": checkpoint_sha256(config.model),
         **({"denoiser_sha256": checkpoint_sha256(config.denoiser)} if config.denoiser is not None else {}),
+        **diffusion,
         "dataset": dataset_name,
         "split": config.split,
         "sigma": sigma,

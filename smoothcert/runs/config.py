@@ -77,6 +77,13 @@ class RunConfig:
             "its noise and sigma become the defaults"
         ),
     )  # denoised smoothing (Salman et al. 2020)
+    diffusion: str | None = field(
+        default=None,
+        metadata=_opt(
+            "diffusers directory (UNet2DModel + scheduler; 'smoothcert train-diffusion' or downloaded): smooth "
+            "MODEL(D(x + noise)) with one denoising call at the timestep matching sigma (docs/diffusion.md)"
+        ),
+    )  # diffusion denoised smoothing (Carlini et al. 2023)
     ensemble: str | None = field(
         default=None,
         metadata=_opt(
@@ -222,6 +229,8 @@ class RunConfig:
             check_int("pass_size", self.pass_size)
         if self.lift is not None and self.denoiser is not None:
             raise ConfigError("lift applies to the smoothing of a classifier, not with a denoiser")
+        if self.diffusion is not None and (self.denoiser is not None or self.lift is not None):
+            raise ConfigError("diffusion (--diffusion) cannot be combined with denoiser or lift: give one front end")
         if (self.consensus is not None or self.combine != "softmax") and self.ensemble is None:
             raise ConfigError("combine and consensus apply to an ensemble: add ensemble=... (--ensemble DIR,DIR)")
         if self.consensus == 1:  # the first member alone decides every draw: the other members never run
