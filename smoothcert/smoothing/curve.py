@@ -32,9 +32,9 @@ from scipy import stats as _st
 from smoothcert.core import confseq
 from smoothcert.core.checks import check_int
 from smoothcert.core.errors import ConfigError
+from smoothcert.smoothing.adaptive import Voter
 from smoothcert.smoothing.certificates import ABSTAIN
-from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, Reduction, per_input_generators
-from smoothcert.smoothing.noises import Noise
+from smoothcert.smoothing.engine import ClassVotes, GeneratorArg, per_input_generators
 
 __all__ = ["CURVE_PA", "CurveCertificate", "certify_curve", "certify_curve_batch", "default_radii"]
 
@@ -50,26 +50,9 @@ ACR_RTOL = 0.07
 _WORDS = {1: "certified", -1: "not_certified", 0: "undecided"}
 
 
-class CurveVoter(Protocol):
-    """What curve mode needs of a smoothed classifier (``SmoothedClassifier`` is one)."""
-
-    num_classes: int
-    sigma: float
-    noise: Noise
-    norm: str
-    def input_modes(self, xs: torch.Tensor) -> Any: ...
-
-    def run_engine(
-        self,
-        xs: torch.Tensor,
-        reduction: Reduction,
-        *,
-        n: int | Sequence[int],
-        batch_size: int,
-        generator: GeneratorArg,
-    ) -> Any: ...
-
-    def radius_of(self, p_lower: Any, *, dim: int) -> np.ndarray: ...
+class CurveVoter(Voter, Protocol):
+    """What curve mode needs of a smoothed classifier (``SmoothedClassifier`` is one): what sequential
+    CERTIFY needs (:class:`smoothcert.smoothing.adaptive.Voter`), and input preparation."""
 
     def _prepare(self, x: torch.Tensor, *, batch: bool) -> torch.Tensor: ...
 
@@ -289,9 +272,7 @@ def _run_group(
     # a sound input is certified about its grid point round_q(x): radius r about x needs r + offset there
     thresholds = np.where(
         np.asarray(grid) > 0,
-        np.asarray(
-            smoothed.noise.threshold(np.asarray(grid) + offset, norm=smoothed.norm, dim=dim), dtype=np.float64
-        ),
+        np.asarray(smoothed.noise.threshold(np.asarray(grid) + offset, norm=smoothed.norm, dim=dim), dtype=np.float64),
         0.5,
     )
     gens = per_input_generators(generator, k)
@@ -399,8 +380,7 @@ def _run(
             xs[torch.as_tensor(idx, device=xs.device)] if len(idx) < k else xs,
             key,
             labels=None if labels is None else [labels[i] for i in idx],
-            generator=generator if gens is None or generator is None or isinstance(generator, torch.Generator)
-            else [gens[i] for i in idx],
+            generator=generator if gens is None or isinstance(generator, torch.Generator) else [gens[i] for i in idx],
             **settings,
         )
         for i, c in zip(idx, sub, strict=True):
