@@ -13,10 +13,13 @@ of ``nan`` or ``inf`` would make the ACR ``nan``/``inf`` and silently count the 
 certified at every radius, so the whole log is refused rather than summarised over its finite
 rows: such a radius means the run went wrong, and any figure from the log would hide it.
 
-**Sequential logs** (sidecar ``identity.adaptive``) come in two modes, *decision* (``identity.radius
-= r``: each example tested at ``r`` only) and *max-radius* (``identity.radius`` null, optionally with
-a ``radius_cap``); see :mod:`smoothcert.evaluation.metrics` for what each reports. A sequential log
-written with ``--eval-label`` (``identity.eval_label``) bounded each example's *true* label without
+**Curve logs** (``certify --curve``, sidecar ``identity.curve``) read like max-radius logs capped
+at the reporting grid's largest radius (``identity.curve_radii``); their ``reason`` column says why
+each example stopped. **Sequential logs** (sidecar ``identity.adaptive``) come in two modes,
+*decision* (``identity.radius = r``: each example tested at ``r`` only) and *max-radius*
+(``identity.radius`` null, optionally with a ``radius_cap``); see
+:mod:`smoothcert.evaluation.metrics` for what each reports. A sequential log written with
+``--eval-label`` (``identity.eval_label``) bounded each example's *true* label without
 selecting a class: :attr:`CertifyLog.eval_label` marks it, and every table names the mode.
 """
 
@@ -57,6 +60,7 @@ NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L∞"}
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_REQUIRED = ("idx", "label", "predict", "correct", "time")
 SEQUENTIAL_EXTRA = ("decision", "stage", "p_upper")
+CURVE_EXTRA = ("reason", "decisions", "p_upper")
 
 
 def parse_time(text: str) -> float:
@@ -176,6 +180,7 @@ class CertifyLog:
     decision: NDArray[np.str_] | None = None
     stage: NDArray[np.int64] | None = None
     p_upper: NDArray[np.float64] | None = None
+    reason: NDArray[np.str_] | None = None
 
     @property
     def examples(self) -> int:
@@ -206,7 +211,13 @@ class CertifyLog:
 
     @property
     def adaptive(self) -> bool:
+        """Sequential or curve mode: the number of passes varies per example (an ``n_used`` column)."""
         return self.n_used is not None
+
+    @property
+    def curve(self) -> bool:
+        """Written by ``certify --curve`` (sidecar ``identity.curve``)."""
+        return bool(self.identity.get("curve", False))
 
     @property
     def smoothing(self) -> str:
@@ -226,20 +237,24 @@ class CertifyLog:
     @property
     def decision_radius(self) -> float | None:
         """The radius a decision-mode log tested; ``None`` for other logs."""
-        r = self.identity.get("radius") if self.adaptive else None
+        r = self.identity.get("radius") if self.adaptive and not self.curve else None
         return None if r is None else float(r)
 
     @property
     def radius_cap(self) -> float | None:
-        """The cap of a max-radius-mode log, above which its radii are not meaningful."""
+        """The cap of a max-radius- or curve-mode log, above which its radii are not meaningful."""
+        if self.curve:
+            return float(self.identity["curve_radii"][-1])
         cap = self.identity.get("radius_cap") if self.adaptive and self.decision_radius is None else None
         return None if cap is None else float(cap)
 
     @property
     def mode(self) -> str:
-        """``'fixed'`` (fixed-n CERTIFY), ``'decision'`` or ``'max-radius'`` (sequential)."""
+        """``'fixed'`` (fixed-n CERTIFY), ``'decision'`` or ``'max-radius'`` (sequential), ``'curve'``."""
         if not self.adaptive:
             return "fixed"
+        if self.curve:
+            return "curve"
         return "decision" if self.decision_radius is not None else "max-radius"
 
     @property
@@ -329,6 +344,8 @@ def _default_name(path: Path, sidecar: dict[str, Any] | None) -> str:
             name += f" {ident['noise']}"
         if ident.get("adaptive"):
             name += f" adaptive r={ident['radius']:g}" if ident.get("radius") is not None else " adaptive"
+        if ident.get("curve"):
+            name += " curve"
         return name
     return path.stem
 
@@ -339,7 +356,14 @@ def read_certify_log(path: str | Path, *, name: str | None = None) -> CertifyLog
     cols = _Columns(p, "certify", CERTIFY_REQUIRED)
     side = read_sidecar(p)
     n_used = cols.get("n_used", int)
-    if n_used is not None:
+    is_curve = bool((side or {}).get("identity", {}).get("curve"))
+    if n_used is not None and is_curve:
+        for extra in CURVE_EXTRA:
+            if extra not in cols.header:
+                raise ResultFileError(f"{p} has a curve sidecar but no {extra!r} column: not a curve certify log")
+        if not (side or {}).get("identity", {}).get("curve_radii"):
+            raise ResultFileError(f"{p}: the curve sidecar {p.name}.json records no reporting grid (curve_radii)")
+    elif n_used is not None:
         for extra in SEQUENTIAL_EXTRA:
             if extra not in cols.header:
                 raise ResultFileError(f"{p} has an n_used column but no {extra!r} column: not a sequential certify log")
@@ -372,6 +396,7 @@ def read_certify_log(path: str | Path, *, name: str | None = None) -> CertifyLog
         decision=cols.get("decision", str),
         stage=cols.get("stage", int),
         p_upper=cols.get("p_upper", float),
+        reason=cols.get("reason", str),
     )
 
 

@@ -328,8 +328,9 @@ def summarize(
         acc = certified_accuracy(log, grid, radius=rad)
         passes = log.passes
         decisions = None
-        if log.decision is not None:
-            names, counts = np.unique(log.decision, return_counts=True)
+        stops = log.decision if log.decision is not None else log.reason  # curve logs: why each one stopped
+        if stops is not None:
+            names, counts = np.unique(stops, return_counts=True)
             decisions = {str(k): int(v) for k, v in zip(names.tolist(), counts.tolist(), strict=True)}
         extra: dict[str, Any] = {}
         if bound != "cohen":

@@ -109,6 +109,8 @@ def _csv_value(v: Any) -> Any:
 def _mode_text(s: Summary) -> str:
     if s.mode == "decision":
         text = f"decision r = {s.decision_radius:g}"
+    elif s.mode == "curve":
+        text = f"curve, cap {s.radius_cap:g}"
     elif s.mode == "max-radius":
         text = "max-radius" + (f", cap {s.radius_cap:g}" if s.radius_cap is not None else "")
     else:
@@ -127,7 +129,7 @@ def _notes(summaries: Sequence[Summary]) -> list[str]:
             "n/a: a decision-mode log tests one radius, so its certified accuracy is given at that radius only"
         )
     if any(s.radius_cap is not None for s in summaries):
-        notes.append("a capped max-radius log is n/a above its cap, and its ACR is of min(radius, cap)")
+        notes.append("a capped max-radius or curve log is n/a above its cap, and its ACR is of min(radius, cap)")
     if any(s.eval_label for s in summaries):
         notes.append(EVAL_LABEL_NOTE)
     notes.append(ACR_CAVEAT)
@@ -191,7 +193,7 @@ def format_markdown(summaries: Sequence[Summary]) -> str:
     lines = _markdown_table(head, rows, _spec(head, 1))
     lines += [f"\n{note}." for note in _notes(summaries)]
     if with_passes:
-        head = ["log", "mode", "passes mean", "median", "p99", "max", "time/example (s)", "decisions"]
+        head = ["log", "mode", "passes mean", "median", "p99", "max", "time/example (s)", "decisions or stops"]
         rows = []
         for s in summaries:
             p = s.passes

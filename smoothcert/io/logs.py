@@ -22,6 +22,7 @@ __all__ = [
     "ATTACK_COLUMNS",
     "BASELINE_COLUMNS",
     "CERTIFY_COLUMNS",
+    "CURVE_COLUMNS",
     "DEEPFOOL_COLUMNS",
     "LOCALIZATION_COLUMNS",
     "PREDICT_COLUMNS",
@@ -47,6 +48,12 @@ ADAPTIVE_COLUMNS = (
     *("idx", "label", "predict", "radius", "correct", "time"),
     *("n_used", "decision", "stage", "p_upper", "count", "n", "n0", "p_lower", "selected"),
 )
+# Curve mode (certify --curve): each example's largest certified radius, sampled until the reporting
+# grid is settled; reason says why it stopped, decisions lists each grid radius's verdict (c, n, u).
+CURVE_COLUMNS = (
+    *("idx", "label", "predict", "radius", "correct", "time"),
+    *("n_used", "reason", "decisions", "p_upper", "count", "n", "n0", "p_lower", "selected"),
+)
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "count", "runner_up_count", "n", "pvalue")
 ATTACK_COLUMNS = ("idx", "label", "radius", "attack_radius", "delta_norm", "predict", "success", "multiple")
 DEEPFOOL_COLUMNS = ("idx", "label", "predict", "correct", "deepfool_norm", "success")
@@ -68,6 +75,7 @@ BASELINE_COLUMNS = CERTIFY_COLUMNS[:6]
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "certify": CERTIFY_COLUMNS,
     "adaptive": ADAPTIVE_COLUMNS,
+    "curve": CURVE_COLUMNS,
     "predict": PREDICT_COLUMNS,
     "attack": ATTACK_COLUMNS,
     "deepfool": DEEPFOOL_COLUMNS,

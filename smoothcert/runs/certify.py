@@ -41,6 +41,7 @@ from smoothcert.io.data import load_dataset
 from smoothcert.io.logs import (
     ADAPTIVE_COLUMNS,
     CERTIFY_COLUMNS,
+    CURVE_COLUMNS,
     PREDICT_COLUMNS,
     ResultWriter,
     merge_parts,
@@ -50,6 +51,7 @@ from smoothcert.io.logs import (
 )
 from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
 from smoothcert.runs.resume import LEGACY, SOUND_RADII, check_legacy_resume
+from smoothcert.runs.rows import certify_rows, example_generator, shared_times
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.perf import cpu_supports_bf16
@@ -89,12 +91,6 @@ def _check_on_grid(smoothed: SmoothedClassifier, x: torch.Tensor, name: str) -> 
 def select_indices(size: int, *, skip: int, max_examples: int | None) -> list[int]:
     """Every ``skip``-th index of a data set of ``size`` examples, at most ``max_examples`` of them."""
     return list(range(0, size, skip))[:max_examples]
-
-
-def example_generator(seed: int, idx: int, device: torch.device) -> torch.Generator:
-    """The generator for example ``idx``: seeded from ``(seed, idx)`` by numpy's SeedSequence."""
-    state = np.random.SeedSequence([seed, idx]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def _progress(total: int, enabled: bool, command: str) -> Any:
@@ -192,6 +188,29 @@ def _ensemble(
     return Ensemble(members, combine=config.combine, consensus=config.consensus).to(device).eval(), hashes
 
 
+def _curve_identity(config: RunConfig, smoothed: SmoothedClassifier, dim: int, n_max: int) -> dict[str, Any]:
+    """What fixes a curve log's rows: the reporting grid, the confidence sequence and the tolerances."""
+    from smoothcert.smoothing.curve import default_radii
+
+    grid = default_radii(smoothed, dim, config.radius_cap)
+    if config.radius_cap is not None:  # refuse a cap no pA can certify before any file is written
+        reach = float(smoothed.noise.threshold(np.asarray([grid[-1]]), norm=smoothed.norm, dim=dim)[0])
+        if not reach < 1:
+            raise ConfigError(
+                f"radius_cap={config.radius_cap!r} cannot be certified in {smoothed.norm} with {smoothed.noise.name} "
+                f"noise at sigma={smoothed.sigma:g} for inputs of dimension {dim} at any pA"
+            )
+    return {
+        "curve": True,
+        "curve_radii": list(grid),
+        "n_max": n_max,
+        "beta": config.beta,
+        "radius_tol": config.radius_tol,
+        "confseq": "union",
+        "eval_label": config.eval_label,
+    }
+
+
 def prepare(config: RunConfig, dist: DistContext | None = None) -> PreparedRun:
     """Validate the whole configuration and build the smoothed classifier; opens no file for writing.
 
@@ -258,7 +277,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
             f"the model takes inputs of shape {list(input_shape)} but {dataset_name} {config.split} "
             f"has inputs of shape {list(data_shape)}"
         )
-    n_max = (config.n_max or config.n) if config.adaptive else config.n
+    n_max = (config.n_max or config.n) if config.adaptive or config.curve else config.n
     if config.adaptive and config.radius is not None:
         reach = make_noise(noise, sigma * config.lift) if config.lift is not None else noise_obj
         p_star = float(reach.threshold(config.radius, norm=config.norm, dim=math.prod(input_shape)))
@@ -328,6 +347,11 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         identity["sound_radii"] = SOUND_RADII
     if config.command == "certify":
         identity["n0"] = config.n0
+    if config.curve:  # the reporting grid and the confidence sequence fix every row
+        identity.update(_curve_identity(config, smoothed, math.prod(input_shape), n_max))
+        identity.pop("n")
+        if config.eval_label:
+            identity.pop("n0")
     if config.adaptive:
         identity.update(
             adaptive=True,
@@ -361,9 +385,9 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         "torch_threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    columns = (
-        (ADAPTIVE_COLUMNS if config.adaptive else CERTIFY_COLUMNS) if config.command == "certify" else PREDICT_COLUMNS
-    )
+    columns: tuple[str, ...] = PREDICT_COLUMNS
+    if config.command == "certify":
+        columns = CURVE_COLUMNS if config.curve else ADAPTIVE_COLUMNS if config.adaptive else CERTIFY_COLUMNS
     return PreparedRun(config, device, dataset, indices, smoothed, sigma, identity, sidecar, columns)
 
 
@@ -391,7 +415,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     else:
         mine, target = indices, out
 
-    n_max = (config.n_max or config.n) if config.adaptive else config.n
+    n_max = (config.n_max or config.n) if config.adaptive or config.curve else config.n
     largest = max(n_max, config.n0) if config.command == "certify" else config.n
     # the pass-size probe runs now, so its cost is in no example's time; the sidecar records it
     probe = plan.smoothed.probe_pass_size(batch_size=config.batch)
@@ -405,6 +429,8 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         per_pass = 1 if largest > config.batch else max(1, min(256, config.batch // smallest_draw))
         if config.adaptive:  # stages of many examples share passes: first stages fill a batch
             per_pass = max(1, min(256, config.batch // 64))
+        if config.curve:  # looks of many examples share passes; later looks, of fewer examples, too
+            per_pass = max(1, min(256, config.batch // 10))
         bar = _progress(len(todo), config.progress and dist.is_main, config.command)
         # chunks are aligned to positions in the full index list, so a resumed run groups examples as before
         position = {idx: p for p, idx in enumerate(mine)}
@@ -412,7 +438,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
         for idx in todo:
             chunk.append(idx)
             if position[idx] % per_pass == per_pass - 1 or idx == todo[-1]:
-                writer.write(_process(plan, chunk))
+                writer.write(certify_rows(plan.config, plan.smoothed, plan.dataset, chunk, device=plan.device))
                 bar.update(len(chunk))
                 chunk = []
         bar.close()
@@ -423,77 +449,3 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
             merge_parts(out, parts, columns, indices, sidecar)
         dist.barrier()
     return out
-
-
-def shared_times(elapsed: float, passes: list[int]) -> list[str]:
-    """The ``time`` column of examples certified together: ``elapsed`` split by each one's share of the passes.
-
-    Examples whose draws fit in one batch share forward passes, so no example's own time can be
-    read off a clock; the time of a pass is nearly proportional to the noisy inputs it classifies,
-    so each example is attributed ``elapsed * passes_i / sum(passes)`` (the rows' times add up to
-    the chunk's). Fixed-n examples draw alike, so they get equal shares; a sequential example
-    that stopped early gets a smaller share than one that ran to ``n_max``.
-    """
-    total = sum(passes)
-    if total <= 0:
-        return [f"{elapsed / max(len(passes), 1):.6f}"] * len(passes)
-    return [f"{elapsed * p / total:.6f}" for p in passes]
-
-
-def _process(plan: PreparedRun, chunk: list[int]) -> list[dict[str, Any]]:
-    """The log rows (column name -> value) of the examples ``chunk``, certified or predicted together."""
-    config, smoothed, device = plan.config, plan.smoothed, plan.device
-    items = [plan.dataset[i] for i in chunk]
-    xs = torch.stack([x for x, _ in items])
-    labels = [int(y) for _, y in items]
-    gens = [example_generator(config.seed, i, device) for i in chunk]
-    began = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    if config.adaptive:
-        acerts = smoothed.certify_adaptive_batch(
-            xs,
-            alpha=config.alpha,
-            n_max=config.n_max or config.n,
-            batch_size=config.batch,
-            radius=config.radius,
-            n0=config.n0,
-            beta=config.beta,
-            radius_cap=config.radius_cap,
-            radius_tol=config.radius_tol,
-            labels=labels if config.eval_label else None,
-            generator=gens,
-        )
-        times = shared_times(time.perf_counter() - began, [a.n_used for a in acerts])
-        for i, y, a, elapsed in zip(chunk, labels, acerts, times, strict=True):
-            rows.append(
-                {
-                    **{"idx": i, "label": y, "predict": a.label, "radius": repr(a.radius)},
-                    **{"correct": int(a.label == y), "time": elapsed, "n_used": a.n_used, "decision": a.decision},
-                    **{"stage": a.stage, "p_upper": repr(a.p_upper), "count": a.count, "n": a.n, "n0": a.n0},
-                    **{"p_lower": repr(a.p_lower), "selected": a.selected},
-                }
-            )
-    elif config.command == "certify":
-        certs = smoothed.certify_batch(
-            xs, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens
-        )
-        times = shared_times(time.perf_counter() - began, [c.n0 + c.n for c in certs])
-        for i, y, c, elapsed in zip(chunk, labels, certs, times, strict=True):
-            rows.append(
-                {
-                    **{"idx": i, "label": y, "predict": c.label, "radius": repr(c.radius)},
-                    **{"correct": int(c.label == y), "time": elapsed, "count": c.count, "n": c.n, "n0": c.n0},
-                    **{"p_lower": repr(c.p_lower), "selected": c.selected},
-                }
-            )
-    else:
-        preds = smoothed.predict_batch(xs, n=config.n, alpha=config.alpha, batch_size=config.batch, generator=gens)
-        times = shared_times(time.perf_counter() - began, [p.n for p in preds])
-        for i, y, p, elapsed in zip(chunk, labels, preds, times, strict=True):
-            rows.append(
-                {
-                    **{"idx": i, "label": y, "predict": p.label, "correct": int(p.label == y), "time": elapsed},
-                    **{"count": p.count, "runner_up_count": p.runner_up_count, "n": p.n, "pvalue": repr(p.pvalue)},
-                }
-            )
-    return rows

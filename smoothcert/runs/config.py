@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from smoothcert.core import sequential
+from smoothcert.core import confseq, sequential
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
 from smoothcert.core.errors import ConfigError, SmoothcertError
 from smoothcert.core.radii import NOISES, NORMS
@@ -166,6 +166,15 @@ class RunConfig:
         default=False,
         metadata=_opt("sequential CERTIFY: max-radius mode unless --radius", commands=_CERTIFY, group=_SEQ),
     )
+    curve: bool = field(
+        default=False,
+        metadata=_opt(
+            "curve mode: each example's largest certified radius, sampling until the reporting grid (0 to "
+            "--radius-cap in 8 steps) is settled (docs/curve.md); --n-max draws at most (default: --n)",
+            commands=_CERTIFY,
+            group=_SEQ,
+        ),
+    )
     radius: float | None = field(
         default=None,
         metadata=_opt("decision mode: certify robustness at this radius", commands=_CERTIFY, group=_SEQ),
@@ -179,13 +188,19 @@ class RunConfig:
     )
     radius_cap: float | None = field(
         default=None,
-        metadata=_opt("max-radius mode: stop once this radius is certified", commands=_CERTIFY, group=_SEQ),
+        metadata=_opt(
+            "max-radius mode: stop once this radius is certified; curve mode: the reporting grid's largest "
+            "radius (default: 2 sigma for Gaussian L2, the radius at pA = Phi(2))",
+            commands=_CERTIFY,
+            group=_SEQ,
+        ),
     )
     radius_tol: float | None = field(
         default=None,
         metadata=_opt(
             "max-radius: stop when more samples gain less than this absolute radius (default: 1.5%% of the "
-            "radius reachable at --n-max)",
+            "radius reachable at --n-max); curve: a grid radius is settled once only inputs within this "
+            "of it could still be certified there (default: 5%% of the cap)",
             commands=_CERTIFY,
             group=_SEQ,
         ),
@@ -254,9 +269,15 @@ class RunConfig:
             "beta": self.beta is not None,
             "eval_label": self.eval_label,
         }
+        if self.curve:
+            self._check_curve()
+            return
         if not self.adaptive and any(given.values()):
             names = ", ".join(k for k, v in given.items() if v)
-            raise ConfigError(f"{names} only apply to sequential certification: add adaptive=True (--adaptive)")
+            raise ConfigError(
+                f"{names} only apply to sequential certification: add adaptive=True (--adaptive) "
+                "or curve=True (--curve)"
+            )
         if self.radius is not None and (self.radius_cap is not None or self.radius_tol is not None):
             raise ConfigError("radius (decision mode) cannot be combined with radius_cap or radius_tol (max-radius)")
         if self.adaptive and self.command != "certify":
@@ -269,3 +290,21 @@ class RunConfig:
             check_alpha(self.beta, "beta")
         if self.adaptive:
             sequential.make_schedule(n_max=self.n_max or self.n, alpha=self.alpha, beta=self.beta)
+
+    def _check_curve(self) -> None:
+        if self.command != "certify":
+            raise ConfigError("curve applies to certify only")
+        if self.adaptive:
+            raise ConfigError("curve (--curve) and adaptive (--adaptive) are two modes: give one")
+        if self.radius is not None:
+            raise ConfigError(
+                f"radius={self.radius!r} is decision mode (--adaptive --radius); curve mode certifies every "
+                "radius up to radius_cap (--radius-cap)"
+            )
+        for name in ("radius_cap", "radius_tol"):
+            value = getattr(self, name)
+            if value is not None:
+                _nonnegative(name, value)
+        if self.radius_cap == 0:
+            raise ConfigError(f"radius_cap must be > 0, got {self.radius_cap!r}")
+        confseq.make_confseq(alpha=self.alpha, beta=self.beta, n_max=self.n_max or self.n)
