@@ -5,16 +5,18 @@ Needs the optional ``diffusers``; callers skip without it (``pytest.importorskip
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 
-def tiny_unet(channels: int = 1, size: int = 8, seed: int = 0) -> nn.Module:
+def tiny_unet(channels: int = 1, size: int | None = 8, seed: int = 0, **config: Any) -> nn.Module:
+    """The tiny UNet for ``channels x size x size`` images, weights from ``seed``; ``config`` overrides
+    further ``UNet2DModel`` settings (e.g. ``num_class_embeds``)."""
     import diffusers
 
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
+    settings: dict[str, Any] = dict(
         sample_size=size,
         in_channels=channels,
         out_channels=channels,
@@ -23,7 +25,9 @@ def tiny_unet(channels: int = 1, size: int = 8, seed: int = 0) -> nn.Module:
         up_block_types=("UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
         norm_num_groups=4,
-    ).eval()
+    )
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(**{**settings, **config}).eval()
 
 
 def write_tiny_diffusion(path: Path, *, size: int = 28, channels: int = 1, timesteps: int = 100) -> Path:
