@@ -278,3 +278,104 @@ def test_a_log_without_sidecar_is_attacked_in_sound_mode_unless_float_noise(logs
         assert _target(root, data, "bare.tsv", tmp_path).smoothed.grid == 255
     with pytest.warns(UserWarning, match="in float mode"):
         assert _target(root, data, "bare.tsv", tmp_path, "--float-noise").smoothed.grid is None
+
+
+# ------------------------------------------------------------------ diffusion denoised smoothing (issue 28)
+
+
+@pytest.fixture(scope="module")
+def diffusion_logs(logs):
+    """A sound-mode certify log of the model through a tiny 28 x 28 diffusion model (certify --diffusion)."""
+    pytest.importorskip("diffusers")
+    from tinyddpm import write_tiny_diffusion
+
+    root, data = logs
+    ddpm = write_tiny_diffusion(root / "ddpm")
+    certify = ["certify", "--model", str(root / "m"), "--data-dir", str(data), "--n0", "10", "--n", "40"]
+    certify += ["--alpha", "0.01", "--max", "3", "--device", "cpu", "--quiet", "--diffusion", str(ddpm)]
+    certify += ["--pass-size", "50"]  # no pass-size probe through the UNet: a faster test
+    assert main([*certify, "--out", str(root / "diffusion.tsv")]) == 0
+    _all_certified(root / "diffusion.tsv")
+    return root, data, ddpm
+
+
+def _dattack(root: Path, data: Path, log: str, out: Path, *extra: str) -> list[str]:
+    return _attack(root, data, log, out, "--batch", "20", *extra)  # a small pass-size probe through the UNet
+
+
+def _dtarget(root: Path, data: Path, log: str, tmp_path: Path, *extra: str):
+    return _target(root, data, log, tmp_path, "--batch", "20", *extra)
+
+
+def test_a_diffusion_log_is_attacked_through_its_diffusion_model(diffusion_logs, tmp_path):
+    """The rebuilt base classifier is model(D(.)) with D the log's diffusion model at the log's timestep,
+    and the attack log records both keys. (0.3 refused the log, its identity key diffusion_sha256 unknown.)"""
+    from smoothcert.io.diffusion import diffusion_sha256
+    from smoothcert.models.diffusion import DiffusionDenoiser
+    from smoothcert.runs.attack import PROCEDURE_KEYS, REBUILT_KEYS
+
+    root, data, ddpm = diffusion_logs
+    logged = json.loads((root / "diffusion.tsv.json").read_text())["identity"]
+    assert set(logged) <= REBUILT_KEYS | PROCEDURE_KEYS, set(logged) - REBUILT_KEYS - PROCEDURE_KEYS
+    assert logged["diffusion_sha256"] == diffusion_sha256(ddpm)
+    target = _dtarget(root, data, "diffusion.tsv", tmp_path)
+    front = target.smoothed.base_classifier[0]
+    assert isinstance(front, DiffusionDenoiser) and front.timestep == logged["diffusion_t"]
+    assert target.smoothed.sigma == pytest.approx(0.25) and target.smoothed.grid == 255
+    out = tmp_path / "a.tsv"
+    assert main(_dattack(root, data, "diffusion.tsv", out)) == 0
+    ident = json.loads(Path(str(out) + ".json").read_text())["identity"]
+    assert (ident["diffusion_sha256"], ident["diffusion_t"]) == (logged["diffusion_sha256"], logged["diffusion_t"])
+    rows = read_rows(out, ATTACK_COLUMNS)
+    assert len(rows) == 2 and all(float(r[4]) <= float(r[3]) for r in rows)  # delta within the attack radius
+    # a log without a diffusion model carries neither key into its attack log
+    plain = _dtarget(root, data, "sound.tsv", tmp_path)
+    assert "diffusion_sha256" not in plain.identity and "diffusion_t" not in plain.identity
+    assert not any(isinstance(m, DiffusionDenoiser) for m in plain.smoothed.base_classifier.modules())
+
+
+def test_a_changed_diffusion_directory_or_timestep_is_refused_naming_the_key(diffusion_logs, tmp_path, capsys):
+    """The diffusion directory the log recorded, changed after certification (its weights moved by 1e-3),
+    is refused in one line naming diffusion_sha256; positive control: the same log and directory before
+    the change are attacked. A log whose timestep is not the one its sigma gives: refused naming diffusion_t."""
+    from tinyddpm import perturb_diffusion
+
+    root, data, ddpm = diffusion_logs
+    copy = tmp_path / "ddpm-copy"
+    shutil.copytree(ddpm, copy)
+    doc = json.loads((root / "diffusion.tsv.json").read_text())
+    doc["config"]["diffusion"] = str(copy)  # the log as if certified with the copy (same files, same sha256)
+    shutil.copy(root / "diffusion.tsv", tmp_path / "moved.tsv")
+    (tmp_path / "moved.tsv.json").write_text(json.dumps(doc))
+    out = tmp_path / "a.tsv"
+    assert main(_dattack(root, data, str(tmp_path / "moved.tsv"), out)) == 0  # control: unchanged, attacked
+    perturb_diffusion(copy)
+    out2 = tmp_path / "b.tsv"
+    err = _refused(capsys, _dattack(root, data, str(tmp_path / "moved.tsv"), out2), out2)
+    assert "differs from the one it certified in diffusion_sha256" in err and "--diffusion" in err
+    # --diffusion names another model: refused alike; naming the certified one is accepted
+    err = _refused(capsys, _dattack(root, data, "diffusion.tsv", out2, "--diffusion", str(copy)), out2)
+    assert "in diffusion_sha256" in err
+    assert (
+        _dtarget(root, data, str(tmp_path / "moved.tsv"), tmp_path, "--diffusion", str(ddpm)).identity[
+            "diffusion_sha256"
+        ]
+        == doc["identity"]["diffusion_sha256"]
+    )
+    _edit_identity(root / "diffusion.tsv", tmp_path / "t.tsv", diffusion_t=doc["identity"]["diffusion_t"] + 1)
+    err = _refused(capsys, _dattack(root, data, str(tmp_path / "t.tsv"), out2), out2)
+    t = doc["identity"]["diffusion_t"]
+    assert f"in diffusion_t: {t + 1} there, {t} rebuilt" in err
+
+
+def test_a_diffusion_model_missing_or_added_is_refused(diffusion_logs, tmp_path, capsys):
+    root, data, ddpm = diffusion_logs
+    doc = json.loads((root / "diffusion.tsv.json").read_text())
+    doc["config"]["diffusion"] = None  # the log's diffusion directory is not recorded
+    shutil.copy(root / "diffusion.tsv", tmp_path / "lost.tsv")
+    (tmp_path / "lost.tsv.json").write_text(json.dumps(doc))
+    out = tmp_path / "a.tsv"
+    err = _refused(capsys, _dattack(root, data, str(tmp_path / "lost.tsv"), out), out)
+    assert "with a diffusion model, but none was found (pass --diffusion)" in err
+    err = _refused(capsys, _dattack(root, data, "sound.tsv", out, "--diffusion", str(ddpm)), out)
+    assert "without a diffusion model, but --diffusion was given" in err

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthdata import write_idx_dataset
+from tinyddpm import tiny_unet as _tiny_unet
 from torch import nn
 
 from smoothcert.core.errors import CheckpointError, ConfigError
@@ -163,20 +164,6 @@ def test_output_is_clipped_to_pixels_and_a_learned_variance_half_is_ignored():
 # ------------------------------------------------------------------ diffusers' format
 
 
-def _tiny_unet(channels: int = 1, size: int = 8) -> nn.Module:
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     """A tiny UNet and a 100-step linear schedule in DDPMPipeline's layout."""
@@ -258,6 +245,42 @@ def test_mismatches_are_refused_in_one_line(saved, tmp_path, monkeypatch):
     assert "pip install 'smoothcert[diffusion]'" in _one_line(e)
     with pytest.raises(ConfigError, match=r"smoothcert\[diffusion\]"):
         load_diffusion_denoiser(saved, sigma=0.25, image_shape=SHAPE)
+
+
+def test_a_class_conditional_unet_is_refused_when_loaded(saved, tmp_path):
+    """Its forward needs class labels that smoothing cannot give: refused in one line at load (0.3 loaded
+    it, and certify failed at the first forward pass with diffusers' traceback, after writing its log's
+    header and sidecar). Control: the unconditional UNet of the same settings loads and denoises."""
+    z = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    for config, fragment in (
+        ({"num_class_embeds": 10}, "num_class_embeds=10"),
+        ({"class_embed_type": "identity"}, "class_embed_type='identity'"),
+    ):
+        path = tmp_path / fragment.split("=")[0]
+        save_diffusion(path, _tiny_unet(**config), diffusers.DDPMScheduler(num_train_timesteps=100))
+        with pytest.raises(ConfigError) as e:
+            load_diffusion_denoiser(path, sigma=0.25, image_shape=SHAPE)
+        assert f"is class-conditional ({fragment})" in _one_line(e)
+    den, _ = load_diffusion_denoiser(saved, sigma=0.25, image_shape=SHAPE)
+    with torch.no_grad():
+        assert den(z).shape == z.shape
+
+
+def test_a_unet_without_sample_size_takes_any_size_its_levels_divide(tmp_path):
+    """diffusers' UNet2DModel may leave sample_size unset (None): it is fully convolutional, so it takes any
+    image whose sides its down-sampling halves exactly (0.3 failed on it with a TypeError reading the
+    missing size). The same weights with and without sample_size denoise alike; 7 x 7 (odd) is refused."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=100)
+    save_diffusion(tmp_path / "unsized", _tiny_unet(size=None), scheduler)
+    z = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    den, _ = load_diffusion_denoiser(tmp_path / "unsized", sigma=0.25, image_shape=SHAPE)
+    sized = DiffusionDenoiser(_tiny_unet(), scheduler.alphas_cumprod, sigma=0.25)
+    with torch.no_grad():
+        assert torch.equal(den(z), sized(z))
+    load_diffusion_denoiser(tmp_path / "unsized", sigma=0.25, image_shape=(1, 12, 6))  # even sides: accepted
+    with pytest.raises(ConfigError) as e:
+        load_diffusion_denoiser(tmp_path / "unsized", sigma=0.25, image_shape=(1, 7, 7))
+    assert "halves images 1 times, which 7x7 images do not allow" in _one_line(e)
 
 
 # ------------------------------------------------------------------ smoothing through the denoiser
@@ -355,8 +378,8 @@ def test_train_diffusion_trains_resumes_loads_and_refuses_in_one_line(tmp_path, 
 def test_certify_with_a_diffusion_directory_records_it_and_refuses_mismatches(saved, tmp_path, capsys):
     """``certify --diffusion DIR`` smooths model(D(x + noise)) with a classifier trained without noise; the
     log's identity names the diffusion model (sha256) and its timestep. Refused in one line, writing
-    nothing: a diffusion model of another image size (positive control: the matching one runs), and
-    --diffusion together with --denoiser."""
+    nothing: a diffusion model of another image size or a class-conditional one (positive control: the
+    matching one runs), and --diffusion together with --denoiser."""
     from smoothcert.cli.main import main
 
     data = write_idx_dataset(tmp_path / "fmnist", n_train=32, n_test=4)
@@ -375,8 +398,11 @@ def test_certify_with_a_diffusion_directory_records_it_and_refuses_mismatches(sa
     assert identity["diffusion_t"] == choose_timestep(abar, 0.25)
     assert identity["sound"] is True and len(out.read_text().splitlines()) == 3
     capsys.readouterr()
+    conditional = tmp_path / "conditional28"
+    save_diffusion(conditional, _tiny_unet(size=28, num_class_embeds=10), diffusers.DDPMScheduler())
     for extra, fragment in (
         (["--diffusion", str(saved)], "8x8 images"),  # an 8 x 8 diffusion model for 28 x 28 images
+        (["--diffusion", str(conditional)], "class-conditional"),
         (["--diffusion", str(ddpm), "--denoiser", str(clf)], "denoiser"),
     ):
         bad = tmp_path / "bad.tsv"

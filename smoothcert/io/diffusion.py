@@ -139,17 +139,26 @@ def load_diffusion(path: str | Path, *, device: torch.device | str = "cpu") -> t
         raise CheckpointError(f"cannot load the diffusion model {str(path)!r}: {_first_line(e)}") from None
     if not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor):
         raise ConfigError(f"scheduler {name!r} in {str(path)!r} has no alphas_cumprod (not a DDPM-type schedule)")
+    if getattr(unet, "class_embedding", None) is not None:  # its forward needs class labels smoothing cannot give
+        settings = {k: unet_config.get(k) for k in ("num_class_embeds", "class_embed_type")}
+        given = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
+        raise ConfigError(
+            f"the UNet in {str(path)!r} is class-conditional ({given}); smoothcert needs an unconditional UNet2DModel"
+        )
     unet.requires_grad_(False)
     return unet.to(device).eval(), scheduler
 
 
 def check_image_shape(unet: nn.Module, image_shape: tuple[int, ...] | list[int], *, path: str | Path = "") -> None:
-    """Raise :class:`ConfigError` unless the UNet takes images of ``image_shape`` ``(c, h, w)``."""
+    """Raise :class:`ConfigError` unless the UNet takes images of ``image_shape`` ``(c, h, w)``.
+
+    The channels must be the UNet's ``in_channels`` and the size its ``sample_size``; a UNet without a
+    ``sample_size`` takes any size its down-sampling levels divide exactly.
+    """
     config: Any = getattr(unet, "config", None)
     if config is None:
         raise ConfigError(f"{type(unet).__name__} is not a diffusers UNet2DModel (it has no config)")
     size = config.sample_size
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     shape = [int(v) for v in image_shape]
     where = f" {str(path)!r}" if path else ""
     if len(shape) != 3:
@@ -159,6 +168,15 @@ def check_image_shape(unet: nn.Module, image_shape: tuple[int, ...] | list[int],
             f"the diffusion model{where} takes {config.in_channels}-channel images but the data have "
             f"{shape[0]} channels (shape {shape})"
         )
+    if size is None:  # no training size recorded: any size its levels can halve (and double back) exactly
+        halvings = len(config.block_out_channels) - 1
+        if shape[1] % 2**halvings or shape[2] % 2**halvings:
+            raise ConfigError(
+                f"the diffusion model{where} halves images {halvings} times, which {shape[1]}x{shape[2]} "
+                "images do not allow"
+            )
+        return
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if shape[1:] != [h, w]:
         raise ConfigError(
             f"the diffusion model{where} was trained on {h}x{w} images but the data are {shape[1]}x{shape[2]}"

@@ -7,9 +7,9 @@ when PREDICT returns a class other than the label (an abstention is not a succes
 
 The attacked classifier is the one the log certified: every key of the log's sidecar identity
 is one attack knows (an allow-list, :data:`REBUILT_KEYS` and :data:`PROCEDURE_KEYS`; any other
-key is refused, naming it), and the classifier (model, denoiser, ensemble with its combination
-and consensus, lift, sound mode and grid, noise, norm, sigma, data, amp) is rebuilt by the
-certify run's own ``prepare`` and checked key by key against the log. The attack is L2 PGD
+key is refused, naming it), and the classifier (model, denoiser or diffusion model, ensemble with
+its combination and consensus, lift, sound mode and grid, noise, norm, sigma, data, amp) is rebuilt
+by the certify run's own ``prepare`` and checked key by key against the log. The attack is L2 PGD
 under Gaussian noise, so a log of any other norm or noise is refused rather than attacked with
 the wrong threat model. A sound-mode log is attacked on the grid: the perturbed point is moved
 onto the grid inside the ball before PREDICT judges it.
@@ -98,6 +98,13 @@ class AttackConfig:
     denoiser: str | None = field(
         default=None, metadata=_opt("denoiser directory (default: the certify log's; its sha256 must be the log's)")
     )
+    diffusion: str | None = field(
+        default=None,
+        metadata=_opt(
+            "diffusers directory of a --diffusion certify log (default: the certify log's; its diffusion_sha256 "
+            "must be the log's)"
+        ),
+    )
     ensemble: str | None = field(
         default=None,
         metadata=_opt("comma list of the ensemble's further members (default: the certify log's; sha256 checked)"),
@@ -142,7 +149,8 @@ class AttackConfig:
 # leave the attack unchanged. A key in neither is refused, naming it, until attack learns it.
 REBUILT_KEYS = frozenset(
     {
-        *("model_sha256", "denoiser_sha256", "ensemble_sha256", "combine", "consensus"),
+        *("model_sha256", "denoiser_sha256", "diffusion_sha256", "diffusion_t", "ensemble_sha256"),
+        *("combine", "consensus"),
         *("lift", "lifted_sigma", "sound", "grid", "noise", "norm", "sigma", "dataset", "split", "amp"),
     }
 )
@@ -152,6 +160,12 @@ PROCEDURE_KEYS = frozenset(
         *("adaptive", "radius", "n_max", "beta", "radius_cap", "radius_tol", "radius_rtol", "eval_label"),
     }
 )
+
+
+_HINTS = {
+    "ensemble_sha256": " (pass the members it certified with --ensemble)",
+    "diffusion_sha256": " (pass the diffusion directory it certified with --diffusion)",
+}
 
 
 @dataclass(frozen=True)
@@ -203,15 +217,43 @@ def _member_paths(config: AttackConfig, identity: dict[str, Any], logged_config:
     return str(paths) if paths else None
 
 
+def _front_end_path(
+    config: AttackConfig,
+    identity: dict[str, Any],
+    logged_config: dict[str, Any],
+    *,
+    checked: bool,
+    name: str,
+    what: str,
+) -> str | None:
+    """The denoiser (``name="denoiser"``) or diffusion (``"diffusion"``) directory: ``--NAME``, else the
+    certify log's recorded one. With a sidecar (``checked``), refused when the log certified with one and
+    none is found, or without one and ``--NAME`` is given; that it is the log's is checked after the rebuild
+    (``NAME_sha256``)."""
+    path = getattr(config, name) or logged_config.get(name)
+    certified = identity.get(f"{name}_sha256") is not None
+    if checked and certified != (path is not None):
+        raise ConfigError(
+            f"certify log {config.certify_log!r} was certified "
+            + (
+                f"with {what}, but none was found (pass --{name})"
+                if certified
+                else f"without {what}, but --{name} was given"
+            )
+        )
+    return str(path) if path is not None else None
+
+
 def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None) -> AttackTarget:
     """Rebuild the certified smoothed classifier from a log's sidecar and check it is the log's.
 
     Every identity key of the log must be one attack knows (:data:`REBUILT_KEYS`,
     :data:`PROCEDURE_KEYS`); another is refused (:class:`ConfigError`), naming it. The classifier
     is rebuilt by the certify run's own :func:`~smoothcert.runs.certify.prepare` from the log's
-    settings (model, denoiser, ensemble with its combination and consensus, lift, sound mode and
-    grid, noise, norm, sigma, data, amp), and each rebuilt key must equal the log's: a ``--model``,
-    ``--denoiser`` or ``--ensemble`` member whose sha256 is not the log's, or a ``--sigma``,
+    settings (model, denoiser or diffusion model, ensemble with its combination and consensus, lift,
+    sound mode and grid, noise, norm, sigma, data, amp), and each rebuilt key must equal the log's: a
+    ``--model``, ``--denoiser``, ``--diffusion`` directory or ``--ensemble`` member whose sha256 is not
+    the log's, a diffusion timestep other than the log's (``diffusion_t``), or a ``--sigma``,
     ``--dataset`` or ``--split`` that contradicts it, is refused, and so is a (noise, norm) pair
     outside :data:`ATTACKABLE`. A log without sidecar (e.g. the 2019 reference's) is taken as
     Gaussian L2 with the user's or the model's settings, in sound mode unless ``--float-noise``,
@@ -252,14 +294,13 @@ def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None) -> A
         given, logged = getattr(config, name), identity.get(name)
         if given is not None and logged is not None and given != logged:
             raise ConfigError(f"--{name} {given!r} contradicts the certify log's {name} {logged!r}")
-    denoiser_path = config.denoiser or logged_config.get("denoiser")
-    logged_denoiser = identity.get("denoiser_sha256")
-    if log_sidecar is not None and (logged_denoiser is None) != (denoiser_path is None):
-        raise ConfigError(
-            f"certify log {config.certify_log!r} was certified "
-            + ("with a denoiser" if logged_denoiser else "without a denoiser")
-            + (", but none was found (pass --denoiser)" if logged_denoiser else ", but --denoiser was given")
-        )
+    checked = log_sidecar is not None
+    denoiser_path = _front_end_path(
+        config, identity, logged_config, checked=checked, name="denoiser", what="a denoiser"
+    )
+    diffusion_path = _front_end_path(
+        config, identity, logged_config, checked=checked, name="diffusion", what="a diffusion model"
+    )
     sound = bool(_logged(identity, "sound")) if log_sidecar is not None else config.sound
     if log_sidecar is not None and sound and not config.sound:
         raise ConfigError(
@@ -271,6 +312,7 @@ def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None) -> A
         model=config.model,
         out=config.out,  # prepare opens no file
         denoiser=denoiser_path,
+        diffusion=diffusion_path,
         ensemble=_member_paths(config, identity, logged_config),
         combine=str(identity.get("combine", "softmax")),
         consensus=identity.get("consensus"),
@@ -300,8 +342,7 @@ def attack_target(config: AttackConfig, log_sidecar: dict[str, Any] | None) -> A
             if logged.get(key) != mine.get(key):
                 raise ConfigError(
                     f"the classifier rebuilt from certify log {config.certify_log!r} differs from the one it "
-                    f"certified in {key}: {logged.get(key)!r} there, {mine.get(key)!r} rebuilt"
-                    + (" (pass the members it certified with --ensemble)" if key == "ensemble_sha256" else "")
+                    f"certified in {key}: {logged.get(key)!r} there, {mine.get(key)!r} rebuilt" + _HINTS.get(key, "")
                 )
     return AttackTarget(plan=plan, identity={k: v for k, v in rebuilt.items() if v is not None})
 
