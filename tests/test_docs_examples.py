@@ -7,9 +7,7 @@
   pass-size probe) and say so, so the page shows exactly what runs.
 * Every ``smoothcert ...`` line of a ```bash or ```console block in any page of ``docs/`` or in
   the README (backslash continuations joined, ``#`` comments dropped, a ``$ `` prompt removed) is
-  accepted by the CLI's own parser. A flag that is documented before the command that takes it
-  has landed is listed in ``PENDING`` by name; once the parser accepts it, a test fails until it
-  is removed from the list.
+  accepted by the CLI's own parser.
 * The API reference documents every public name: ``smoothcert.__all__`` and the ``__all__`` of
   the public sub-packages.
 """
@@ -33,10 +31,6 @@ SITE_PAGES = ("index.md", "getting-started.md", "concepts.md", "contributing.md"
 EXAMPLE_PAGES = sorted([*(DOCS / name for name in SITE_PAGES), *(DOCS / "guides").glob("*.md")])
 COMMAND_PAGES = [*sorted(DOCS.rglob("*.md")), REPO / "README.md"]
 
-# Flags documented for a command that lands in parallel with this documentation: a line using one
-# is checked with the flag (and its value, if the parser would take one) removed, until it exists.
-PENDING = {"--curve": 0}  # flag -> number of values it takes; smoothcert certify --curve (curve mode CLI)
-
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", flags=re.S | re.M)
 
 
@@ -58,18 +52,6 @@ def smoothcert_commands(text: str) -> list[list[str]]:
 
 def _page_commands(path: Path) -> list[list[str]]:
     return [cmd for block in _blocks(path, {"bash", "console", "sh", "shell"}) for cmd in smoothcert_commands(block)]
-
-
-def _without_pending(args: list[str]) -> list[str]:
-    out, skip = [], 0
-    for a in args:
-        if skip:
-            skip -= 1
-        elif a in PENDING:
-            skip = PENDING[a]
-        else:
-            out.append(a)
-    return out
 
 
 def parse_problem(args: list[str]) -> str | None:
@@ -115,8 +97,6 @@ def test_every_documented_command_parses():
     problems = []
     for page, cmd in commands:
         problem = parse_problem(cmd)
-        if problem is not None and any(a in PENDING for a in cmd):
-            problem = parse_problem(_without_pending(cmd))
         if problem is not None:
             problems.append(f"{page.relative_to(REPO)}: smoothcert {shlex.join(cmd)}: {problem}")
     assert problems == []
@@ -135,13 +115,6 @@ def test_the_check_rejects_a_wrong_flag_and_joins_continuations():
     assert parse_problem([*base, "--task", "segmentation", "--tau", "0.75"]) is None
     loop = smoothcert_commands("  smoothcert train --seed $s --out runs/m-$s")
     assert loop == [["train", "--seed", "1", "--out", "runs/m-$s"]]
-
-
-def test_pending_flags_are_still_pending():
-    """A PENDING flag the parser now accepts must leave the list, so its lines are checked whole."""
-    for flag, nargs in PENDING.items():
-        args = ["certify", "--model", "m", "--out", "o.tsv", flag, *(["1"] * nargs)]
-        assert parse_problem(args) is not None, f"{flag} parses now: remove it from PENDING in {Path(__file__).name}"
 
 
 def _documented_objects() -> set[str]:

@@ -45,6 +45,7 @@ __all__ = [
     "PredictLog",
     "check_same_norm",
     "close",
+    "front_end_label",
     "norm_label",
     "parse_radii",
     "parse_time",
@@ -225,6 +226,11 @@ class CertifyLog:
         return smoothing_label(self.sidecar)
 
     @property
+    def front_end(self) -> str | None:
+        """The denoiser or diffusion model in front of the classifier (:func:`front_end_label`), or None."""
+        return front_end_label(self.sidecar)
+
+    @property
     def eval_label(self) -> bool:
         """Written with ``--eval-label``: the true label was bounded, no class was selected (no n0 draws)."""
         return bool(self.identity.get("eval_label", False))
@@ -331,6 +337,24 @@ def smoothing_label(sidecar: dict[str, Any] | None) -> str:
     return "float"
 
 
+def front_end_label(sidecar: dict[str, Any] | None) -> str | None:
+    """What runs in front of the classifier in a log's base classifier, for tables and plots to say, or None.
+
+    ``'diffusion t=144 (1a2b3c4d)'`` for ``certify --diffusion`` (identity ``diffusion_t`` and the first 8
+    hex digits of ``diffusion_sha256``), ``'denoiser dncnn stability (1a2b3c4d)'`` for ``--denoiser``
+    (the sidecar's denoiser record: arch and objective; ``denoiser_sha256``).
+    """
+    side = sidecar or {}
+    ident = dict(side.get("identity", {}))
+    if ident.get("diffusion_sha256"):
+        return f"diffusion t={ident.get('diffusion_t')} ({str(ident['diffusion_sha256'])[:8]})"
+    if ident.get("denoiser_sha256"):
+        den = dict(side.get("denoiser") or {})
+        words = ["denoiser", *(str(den[k]) for k in ("arch", "objective") if den.get(k))]
+        return f"{' '.join(words)} ({str(ident['denoiser_sha256'])[:8]})"
+    return None
+
+
 def _default_name(path: Path, sidecar: dict[str, Any] | None) -> str:
     if sidecar and "identity" in sidecar:
         model = sidecar.get("model", {})
@@ -346,6 +370,9 @@ def _default_name(path: Path, sidecar: dict[str, Any] | None) -> str:
             name += f" adaptive r={ident['radius']:g}" if ident.get("radius") is not None else " adaptive"
         if ident.get("curve"):
             name += " curve"
+        front = front_end_label(sidecar)
+        if front is not None:
+            name += f" + {front}"
         return name
     return path.stem
 

@@ -276,6 +276,7 @@ class Summary:
     eval_label: bool = False
     p_lower_quantiles: PLowerQuantiles | None = None
     smoothing: str = "float"
+    front_end: str | None = None
 
     @property
     def label_mode(self) -> str:
@@ -290,6 +291,7 @@ class Summary:
             "mode": self.mode,
             "label_mode": self.label_mode,
             "smoothing": self.smoothing,
+            "front_end": self.front_end,
             "decision_radius": self.decision_radius,
             "radius_cap": self.radius_cap,
             "radii": self.radii,
@@ -360,6 +362,7 @@ def summarize(
                 eval_label=log.eval_label,
                 p_lower_quantiles=p_lower_quantiles(log),
                 smoothing=log.smoothing,
+                front_end=log.front_end,
             )
         )
     return out

@@ -124,6 +124,9 @@ def _decisions_text(s: Summary) -> str:
 
 def _notes(summaries: Sequence[Summary]) -> list[str]:
     notes = [smoothing_caption([(shown_name(s.name, s.eval_label), s.smoothing) for s in summaries])]
+    fronts = [(shown_name(s.name, s.eval_label), s.front_end) for s in summaries if s.front_end is not None]
+    if fronts:  # named even when --label replaced the default names, which carry it
+        notes.append("in front of the classifier: " + "; ".join(f"{name}: {front}" for name, front in fronts))
     if any(s.mode == "decision" for s in summaries):
         notes.append(
             "n/a: a decision-mode log tests one radius, so its certified accuracy is given at that radius only"
@@ -278,7 +281,7 @@ def format_csv(summaries: Sequence[Summary]) -> str:
     w.writerow(
         ["name", "path", "examples", "radius", "certified_accuracy"]
         + (["certified_accuracy_lower"] if lower else [])
-        + ["acr", "abstain_rate", "norm", "mode", "label_mode", "smoothing"]
+        + ["acr", "abstain_rate", "norm", "mode", "label_mode", "smoothing", "front_end"]
         + ["passes_mean", "passes_median", "passes_p99", "passes_max", "time_mean", *q_cols]
     )
     for s in summaries:
@@ -287,7 +290,8 @@ def format_csv(summaries: Sequence[Summary]) -> str:
         q_cells: list[Any] = [None] * len(q_cols)
         if q is not None:
             q_cells = [*q.all, *(q.correct if q.correct is not None else [None] * len(levels))]
-        tail = [s.abstain_rate, s.norm, s.mode, s.label_mode, s.smoothing, *pass_cells, s.time_mean, *q_cells]
+        tail = [s.abstain_rate, s.norm, s.mode, s.label_mode, s.smoothing, s.front_end or "", *pass_cells]
+        tail += [s.time_mean, *q_cells]
         for j, r in enumerate(s.radii):
             extra = [s.extra["certified_accuracy_lower"][j]] if lower else []
             w.writerow(map(_csv_value, [s.name, s.path, s.examples, r, s.certified_accuracy[j], *extra, s.acr, *tail]))
