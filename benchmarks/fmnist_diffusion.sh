@@ -3,7 +3,8 @@
 # Fashion-MNIST. An undefended small_cnn (sigma = 0, 4 epochs as in the demo; CLASSIFIER=DIR reuses one)
 # is smoothed at sigma 0.25 and 0.5 through (a) one call of a DDPM trained here (train-diffusion, or
 # DIFFUSION=DIR to reuse one, e.g. a longer GPU run), (b) the DnCNN route of Salman et al. (MSE then
-# stability, as in fmnist_methods.sh), and compared with (c) a small_cnn trained under Gaussian noise.
+# stability, as in fmnist_methods.sh), and compared with (c) the undefended classifier alone and (d) a
+# small_cnn trained under Gaussian noise (GAUSSIAN=DIR reuses DIR/model_sigma_S, e.g. the demo's runs/demo).
 # All certified on the same 500 test examples (every 20th) with the demo's settings (n0 = 100,
 # n = 1,000, alpha = 0.001).
 # The DDPM: 28x28, channels 16,32,32 (self-attention at 7x7), T = 1000 linear, batch 64, lr 5e-4, on
@@ -11,7 +12,7 @@
 # about 180 s per full epoch when the machine is quiet, so the default fits the issue's "at most about
 # 30 minutes"; TRAIN_LIMIT=N trains on the first N images only. Set DEVICE=cuda on a GPU.
 # Needs: pip install 'smoothcert[diffusion]'.
-# Usage: [CLASSIFIER=DIR] [DIFFUSION=DIR] [EPOCHS=8] [TRAIN_LIMIT=N] [DEVICE=auto] bash benchmarks/fmnist_diffusion.sh [OUT]
+# Usage: [CLASSIFIER=DIR] [DIFFUSION=DIR] [GAUSSIAN=DIR] [EPOCHS=8] [TRAIN_LIMIT=N] [DEVICE=auto] bash benchmarks/fmnist_diffusion.sh [OUT]
 set -euo pipefail
 R=${1:-runs/diffusion}
 sc=${SMOOTHCERT:-.venv/bin/smoothcert}
@@ -37,10 +38,16 @@ for s in 0.25 0.5; do
   $sc train-denoiser --classifier "$U" --sigma $s --objective stability --init "$R/den-mse-$s" \
       --lr 1e-4 --epochs 1 --depth 5 --width 32 --device "$DEVICE" --out "$R/den-stab-$s" --quiet
   cert --model "$U" --denoiser "$R/den-stab-$s" --out "$R/dncnn-$s.tsv"
-  train --sigma $s --out "$R/gaussian-$s"
-  cert --model "$R/gaussian-$s" --out "$R/gaussian-$s.tsv"
-  logs=("$R/diffusion-$s.tsv" "$R/dncnn-$s.tsv" "$R/gaussian-$s.tsv")
-  labels=(--label "DDPM one-shot σ=$s" --label "DnCNN σ=$s" --label "gaussian-trained σ=$s")
+  cert --model "$U" --sigma $s --out "$R/alone-$s.tsv"
+  G=${GAUSSIAN:+$GAUSSIAN/model_sigma_$s}
+  if [ -z "${GAUSSIAN:-}" ]; then
+    G="$R/gaussian-$s"
+    train --sigma $s --out "$G"
+  fi
+  cert --model "$G" --out "$R/gaussian-$s.tsv"
+  logs=("$R/alone-$s.tsv" "$R/diffusion-$s.tsv" "$R/dncnn-$s.tsv" "$R/gaussian-$s.tsv")
+  labels=(--label "undefended alone σ=$s" --label "DDPM one-shot σ=$s" --label "DnCNN σ=$s")
+  labels+=(--label "gaussian-trained σ=$s")
   $sc analyze "${logs[@]}" "${labels[@]}" --radii 0,0.25,0.5,0.75,1.0
   $sc analyze "${logs[@]}" "${labels[@]}" --radii 0:1.5:0.01 --plot "$R/diffusion-$s.png" > /dev/null
 done

@@ -50,7 +50,9 @@ def test_default_run_trains_the_measured_ddpm_and_every_line_parses(tmp_path):
     through = [line for line in lines if line[0] == "certify" and "--diffusion" in line]
     assert sorted(_value(line, "--sigma") for line in through) == ["0.25", "0.5"]
     assert {_value(line, "--model") for line in through} == {undefended}
-    assert commands.count("certify") == 6 and commands.count("analyze") == 4
+    assert commands.count("certify") == 8 and commands.count("analyze") == 4
+    alone = [line for line in lines if line[0] == "certify" and _value(line, "--model") == undefended]
+    assert len(alone) == 6  # per sigma: alone, through the DDPM, through the DnCNN
 
 
 def test_classifier_and_diffusion_directories_are_reused(tmp_path):
@@ -66,3 +68,10 @@ def test_classifier_and_diffusion_directories_are_reused(tmp_path):
     }
     denoisers = [line for line in lines if line[0] == "train-denoiser"]
     assert len(denoisers) == 4 and {_value(line, "--classifier") for line in denoisers} == {"/given/clf"}
+
+
+def test_gaussian_models_are_reused_from_a_demo_directory(tmp_path):
+    lines = _dry_run(tmp_path, CLASSIFIER="/given/clf", DIFFUSION="/given/ddpm", GAUSSIAN="/demo")
+    assert not [line for line in lines if line[0] == "train"]
+    models = {_value(line, "--model") for line in lines if line[0] == "certify"}
+    assert models == {"/given/clf", "/demo/model_sigma_0.25", "/demo/model_sigma_0.5"}
