@@ -69,7 +69,9 @@ def main() -> None:
     ref_acr, ref_acc = float(np.mean(correct * ref_r)), accuracy(ref_lo)
     all_lo = lower(cands)
     all_r = capped(all_lo).mean(-1)  # (examples, candidates)
-    print(f"{len(p)} examples, sigma = {sigma:g}, alpha = {args.alpha:g}; fixed N = {args.n_ref:,}: ACR {ref_acr:.4f}\n")
+    print(
+        f"{len(p)} examples, sigma = {sigma:g}, alpha = {args.alpha:g}; fixed N = {args.n_ref:,}: ACR {ref_acr:.4f}\n"
+    )
     print("| lam | oracle passes (mean) | ACR shortfall | largest accuracy difference (points) |")
     print("|---:|---:|---:|---:|")
     for lam in (1e5, 2e5, 3e5, 5e5, 7e5, 1e6, 2e6):
