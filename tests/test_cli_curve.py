@@ -177,11 +177,11 @@ def test_eval_label_curve_bounds_the_true_label(setup, tmp_path):
         (["--radius-cap", "40"], "cannot be certified"),
     ],
 )
-def test_curve_refusals_are_one_line_and_write_nothing(setup, tmp_path, extra, fragment):
+def test_curve_refusals_are_one_line_and_write_nothing(setup, tmp_path, capsys, extra, fragment):
     out = tmp_path / "refused.tsv"
-    proc = _cli([*_common(setup, *extra), "--out", str(out)])
-    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert main([*_common(setup, *extra), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists() and not Path(f"{out}.json").exists()
 
 
@@ -195,10 +195,12 @@ def test_curve_settings_without_a_mode_name_both_modes():
     assert RunConfig(command="certify", model="m", out="o.tsv", curve=True, radius_cap=1.0).curve  # control
 
 
-def test_predict_has_no_curve_flag(setup, tmp_path):
+def test_predict_has_no_curve_flag(setup, tmp_path, capsys):
     model, data = setup
-    proc = _cli(["predict", "--curve", "--model", str(model), "--data-dir", str(data), "--out", str(tmp_path / "p")])
-    assert proc.returncode == 2 and "--curve" in proc.stderr
+    with pytest.raises(SystemExit) as info:  # argparse: unrecognized arguments, exit 2
+        main(["predict", "--curve", "--model", str(model), "--data-dir", str(data), "--out", str(tmp_path / "p")])
+    assert info.value.code == 2 and "--curve" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.slow
