@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from smoothcert.core.errors import ConfigError
@@ -58,7 +57,7 @@ from smoothcert.runtime.perf import cpu_supports_bf16
 from smoothcert.runtime.progress import progress
 from smoothcert.smoothing.adaptive import DEFAULT_RADIUS_RTOL
 from smoothcert.smoothing.classifier import SmoothedClassifier
-from smoothcert.smoothing.noises import make_noise
+from smoothcert.smoothing.noises import Noise, make_noise
 
 __all__ = [
     "AMP",
@@ -188,22 +187,26 @@ def _ensemble(
     return Ensemble(members, combine=config.combine, consensus=config.consensus).to(device).eval(), hashes
 
 
-def _curve_identity(config: RunConfig, smoothed: SmoothedClassifier, dim: int, n_max: int) -> dict[str, Any]:
+def _require_reachable(name: str, radius: float, noise: Noise, norm: str, dim: int) -> None:
+    """Refuse (before any file is written) a radius that no pA can certify with this noise, norm and dimension."""
+    if not float(noise.threshold(radius, norm=norm, dim=dim)) < 1:
+        raise ConfigError(
+            f"{name}={radius!r} cannot be certified in {norm} with {noise.name} noise at "
+            f"sigma={noise.sigma:g} for inputs of dimension {dim} at any pA"
+        )
+
+
+def _curve_identity(config: RunConfig, smoothed: SmoothedClassifier, dim: int) -> dict[str, Any]:
     """What fixes a curve log's rows: the reporting grid, the confidence sequence and the tolerances."""
     from smoothcert.smoothing.curve import default_radii
 
     grid = default_radii(smoothed, dim, config.radius_cap)
-    if config.radius_cap is not None:  # refuse a cap no pA can certify before any file is written
-        reach = float(smoothed.noise.threshold(np.asarray([grid[-1]]), norm=smoothed.norm, dim=dim)[0])
-        if not reach < 1:
-            raise ConfigError(
-                f"radius_cap={config.radius_cap!r} cannot be certified in {smoothed.norm} with {smoothed.noise.name} "
-                f"noise at sigma={smoothed.sigma:g} for inputs of dimension {dim} at any pA"
-            )
+    if config.radius_cap is not None:
+        _require_reachable("radius_cap", config.radius_cap, smoothed.noise, smoothed.norm, dim)
     return {
         "curve": True,
         "curve_radii": list(grid),
-        "n_max": n_max,
+        "n_max": config.draws_limit,
         "beta": config.beta,
         "radius_tol": config.radius_tol,
         "confseq": "union",
@@ -277,15 +280,10 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
             f"the model takes inputs of shape {list(input_shape)} but {dataset_name} {config.split} "
             f"has inputs of shape {list(data_shape)}"
         )
-    n_max = (config.n_max or config.n) if config.adaptive or config.curve else config.n
+    n_max = config.draws_limit
     if config.adaptive and config.radius is not None:
         reach = make_noise(noise, sigma * config.lift) if config.lift is not None else noise_obj
-        p_star = float(reach.threshold(config.radius, norm=config.norm, dim=math.prod(input_shape)))
-        if not p_star < 1:
-            raise ConfigError(
-                f"radius={config.radius!r} cannot be certified in {config.norm} with {noise} noise at "
-                f"sigma={sigma:g} for inputs of dimension {math.prod(input_shape)} at any pA"
-            )
+        _require_reachable("radius", config.radius, reach, config.norm, math.prod(input_shape))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward: Any = torch.compile(model) if config.compile else model
@@ -348,7 +346,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
     if config.command == "certify":
         identity["n0"] = config.n0
     if config.curve:  # the reporting grid and the confidence sequence fix every row
-        identity.update(_curve_identity(config, smoothed, math.prod(input_shape), n_max))
+        identity.update(_curve_identity(config, smoothed, math.prod(input_shape)))
         identity.pop("n")
         if config.eval_label:
             identity.pop("n0")
@@ -415,8 +413,7 @@ def run(config: RunConfig, dist: DistContext | None = None) -> Path:
     else:
         mine, target = indices, out
 
-    n_max = (config.n_max or config.n) if config.adaptive or config.curve else config.n
-    largest = max(n_max, config.n0) if config.command == "certify" else config.n
+    largest = max(config.draws_limit, config.n0) if config.command == "certify" else config.n
     # the pass-size probe runs now, so its cost is in no example's time; the sidecar records it
     probe = plan.smoothed.probe_pass_size(batch_size=config.batch)
     sidecar = {**sidecar, "pass_size_probe": probe.as_dict() if probe is not None else None}

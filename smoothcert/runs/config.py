@@ -219,6 +219,11 @@ class RunConfig:
         with as_config_error():
             self._check()
 
+    @property
+    def draws_limit(self) -> int:
+        """Estimation draws per example at most: ``n_max`` (default ``n``) in sequential and curve mode, else ``n``."""
+        return (self.n_max or self.n) if self.adaptive or self.curve else self.n
+
     def _check(self) -> None:
         if self.command not in ("certify", "predict"):
             raise ConfigError(f"command must be 'certify' or 'predict', got {self.command!r}")
@@ -289,7 +294,7 @@ class RunConfig:
         if self.beta is not None:
             check_alpha(self.beta, "beta")
         if self.adaptive:
-            sequential.make_schedule(n_max=self.n_max or self.n, alpha=self.alpha, beta=self.beta)
+            sequential.make_schedule(n_max=self.draws_limit, alpha=self.alpha, beta=self.beta)
 
     def _check_curve(self) -> None:
         if self.command != "certify":
@@ -307,4 +312,4 @@ class RunConfig:
                 _nonnegative(name, value)
         if self.radius_cap == 0:
             raise ConfigError(f"radius_cap must be > 0, got {self.radius_cap!r}")
-        confseq.make_confseq(alpha=self.alpha, beta=self.beta, n_max=self.n_max or self.n)
+        confseq.make_confseq(alpha=self.alpha, beta=self.beta, n_max=self.draws_limit)

@@ -55,19 +55,14 @@ def certify_rows(
     gens = [example_generator(config.seed, i, device) for i in chunk]
     began = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    # what sequential and curve mode share: the budget, the selection, the futility level and the tolerances
+    sequential: dict[str, Any] = {
+        **{"alpha": config.alpha, "n_max": config.draws_limit, "batch_size": config.batch, "n0": config.n0},
+        **{"beta": config.beta, "radius_cap": config.radius_cap, "radius_tol": config.radius_tol},
+        **{"labels": labels if config.eval_label else None, "generator": gens},
+    }
     if config.curve:
-        curves = smoothed.certify_curve_batch(
-            xs,
-            alpha=config.alpha,
-            n_max=config.n_max or config.n,
-            batch_size=config.batch,
-            radius_cap=config.radius_cap,
-            n0=config.n0,
-            beta=config.beta,
-            radius_tol=config.radius_tol,
-            labels=labels if config.eval_label else None,
-            generator=gens,
-        )
+        curves = smoothed.certify_curve_batch(xs, **sequential)
         times = shared_times(time.perf_counter() - began, [c.n_used for c in curves])
         for i, y, cc, elapsed in zip(chunk, labels, curves, times, strict=True):
             rows.append(
@@ -79,19 +74,7 @@ def certify_rows(
                 }
             )
     elif config.adaptive:
-        acerts = smoothed.certify_adaptive_batch(
-            xs,
-            alpha=config.alpha,
-            n_max=config.n_max or config.n,
-            batch_size=config.batch,
-            radius=config.radius,
-            n0=config.n0,
-            beta=config.beta,
-            radius_cap=config.radius_cap,
-            radius_tol=config.radius_tol,
-            labels=labels if config.eval_label else None,
-            generator=gens,
-        )
+        acerts = smoothed.certify_adaptive_batch(xs, radius=config.radius, **sequential)
         times = shared_times(time.perf_counter() - began, [a.n_used for a in acerts])
         for i, y, a, elapsed in zip(chunk, labels, acerts, times, strict=True):
             rows.append(
