@@ -73,8 +73,13 @@ def main(argv: list[str] | None = None) -> None:
             if not (model / "model.safetensors").exists():
                 train_task(
                     TaskTrainConfig(
-                        task=task, sigma=sigma, out=str(model), epochs=s["epochs"], train_size=s["train_size"],
-                        data_dir=args.data_dir, progress=True,
+                        task=task,
+                        sigma=sigma,
+                        out=str(model),
+                        epochs=s["epochs"],
+                        train_size=s["train_size"],
+                        data_dir=args.data_dir,
+                        progress=True,
                     )
                 )
             trained = time.perf_counter() - began
@@ -82,8 +87,16 @@ def main(argv: list[str] | None = None) -> None:
             if task == "segmentation":
                 paths = run_task(
                     TaskRunConfig(
-                        task=task, model=str(model), out=str(out / f"seg_sigma{sigma:g}.tsv"), n=s["n"], n0=s["n0"],
-                        alpha=args.alpha, taus=tuple(args.taus), max=s["seg_max"], batch=1000, data_dir=args.data_dir,
+                        task=task,
+                        model=str(model),
+                        out=str(out / f"seg_sigma{sigma:g}.tsv"),
+                        n=s["n"],
+                        n0=s["n0"],
+                        alpha=args.alpha,
+                        taus=tuple(args.taus),
+                        max=s["seg_max"],
+                        batch=1000,
+                        data_dir=args.data_dir,
                     )
                 )
                 logs = [read_segmentation(p) for p in paths.values()]
@@ -101,14 +114,27 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 paths = run_task(
                     TaskRunConfig(
-                        task=task, model=str(model), out=str(out / f"loc_sigma{sigma:g}.tsv"), n=s["n_loc"],
-                        alpha=args.alpha, radii=tuple(args.radii), max=s["loc_max"], batch=1000, data_dir=args.data_dir,
+                        task=task,
+                        model=str(model),
+                        out=str(out / f"loc_sigma{sigma:g}.tsv"),
+                        n=s["n_loc"],
+                        alpha=args.alpha,
+                        radii=tuple(args.radii),
+                        max=s["loc_max"],
+                        batch=1000,
+                        data_dir=args.data_dir,
                     )
                 )
                 glogs = [read_localization(p) for p in paths.values()]
                 loc_runs[f"sigma {sigma:g}"] = glogs
                 rows = localization_curve(glogs, thresholds=(0.5,))
-                cols = ["radius", "certified_iou_truth>=0.5", "certified_iou_clean>=0.5", "iou_truth>=0.5", "mean_width"]
+                cols = [
+                    "radius",
+                    "certified_iou_truth>=0.5",
+                    "certified_iou_clean>=0.5",
+                    "iou_truth>=0.5",
+                    "mean_width",
+                ]
                 report += [
                     f"\n### Localization, sigma = {sigma:g} ({len(glogs[0].time)} scenes, n = {s['n_loc']};"
                     f" train {trained:.0f} s; certification {glogs[0].time.mean():.2f} s per scene for all radii)\n",

@@ -1,8 +1,11 @@
 """What the exact-tail noise draws cost against a forward pass (Fashion-MNIST size, 1,000 draws).
 
-Times, per 1,000 draws of 1x28x28: smoothcert's Gaussian sampler (float64 draws rounded once, the
-0.2 noise stream), torch's float32 ``randn`` (0.1's stream) and a small_cnn forward pass on the
-same batch (channels-last, inference mode). Median of ``--repeats`` rounds of 50 calls each.
+Times, per 1,000 draws of 1x28x28: smoothcert's Gaussian sampler with its default float32 draws
+(Box-Muller with a float64 tail, tail cut 2^-63 per pair) and with ``draws="float64"`` (0.2's
+stream, rounded once), torch's float32 ``randn`` (0.1's stream, tail cut 2^-24 per pair), sound
+mode's grid noise (``GridNoise(Gaussian(0.5), 255)``, integer draws added to a grid input) and a
+small_cnn forward pass on the same batch (channels-last, inference mode). Rounds interleave the
+rows; median of ``--repeats`` rounds of 50 calls each.
 
     python benchmarks/noise_draw_cost.py [--model runs/demo/model_sigma_0.5]
 """
@@ -17,17 +20,21 @@ from collections.abc import Callable
 import torch
 
 from smoothcert.smoothing.noises import make_noise
+from smoothcert.smoothing.sound import GridNoise
 
 
-def per_call_ms(f: Callable[[], object], *, calls: int = 50, repeats: int = 5) -> float:
-    f()
-    rounds = []
+def per_call_ms(rows: dict[str, Callable[[], object]], *, calls: int = 50, repeats: int = 5) -> dict[str, float]:
+    """Median ms per call of each row, in ``repeats`` rounds that interleave the rows."""
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for f in rows.values():
+        f()
     for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            f()
-        rounds.append((time.perf_counter() - t) / calls * 1e3)
-    return statistics.median(rounds)
+        for name, f in rows.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times[name].append((time.perf_counter() - t) / calls * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
@@ -39,6 +46,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     out = torch.empty(1000, 1, 28, 28)
     noise = make_noise("gaussian", 0.5)
+    legacy = make_noise("gaussian", 0.5, draws="float64")
+    grid = GridNoise(noise, 255)
+    x = torch.randint(0, 256, (1, 28, 28), generator=torch.Generator().manual_seed(1)).float() / 255
     if args.model:
         from smoothcert.io.checkpoints import load_model
 
@@ -53,13 +63,16 @@ def main() -> None:
         with torch.inference_mode():
             return model(out)
 
-    rows = {
-        "smoothcert Gaussian sampler (float64 draws, rounded)": per_call_ms(
-            lambda: noise.sample_(out, g), repeats=args.repeats
-        ),
-        "torch.randn float32": per_call_ms(lambda: torch.randn(out.shape, generator=g, out=out), repeats=args.repeats),
-        "small_cnn forward pass": per_call_ms(forward, repeats=args.repeats),
-    }
+    rows = per_call_ms(
+        {
+            "smoothcert Gaussian, float32 draws (the default)": lambda: noise.sample_(out, g),
+            "smoothcert Gaussian, float64 draws (0.2's stream)": lambda: legacy.sample_(out, g),
+            "torch.randn float32 (0.1's stream)": lambda: torch.randn(out.shape, generator=g, out=out),
+            "sound mode's grid noise (perturb_)": lambda: grid.perturb_(out, x, g),
+            "small_cnn forward pass": forward,
+        },
+        repeats=args.repeats,
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per 1,000 inputs of 1x28x28 (median)")
     for name, ms in rows.items():
         print(f"{name}: {ms:.1f} ms")

@@ -7,7 +7,9 @@ CLI, so that every version can read it; throughput does not depend on the weight
 test examples, with the CLI's defaults (batch 1000, n0 = 100, channels-last, measured pass size)
 except ``--n`` and ``--max``. Configurations:
 
-* ``0.1 float``, ``0.2 float``, ``0.2 sound``, ``this float``, ``this sound`` (0.1 has no sound mode).
+* ``0.1 float``, ``0.2 float``, ``0.2 sound``, ``this float`` (``--float-noise``: float32 Gaussian
+  draws), ``this float64`` (``--float-noise --float-draws float64``: 0.2's stream), ``this sound``
+  (the default); 0.1 has no sound mode.
 
 Rounds are interleaved and their order rotates, so a burst of load elsewhere on the machine hits
 every configuration alike; the report gives, per configuration, the median whole-process time
@@ -41,7 +43,23 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITS = {"0.1": "c5f5847", "0.2": "9cc7782"}
-CONFIGS = [("0.1", False), ("0.2", False), ("0.2", True), ("this", False), ("this", True)]
+CONFIGS = [
+    ("0.1", "float"),
+    ("0.2", "float"),
+    ("0.2", "sound"),
+    ("this", "float"),
+    ("this", "float64"),
+    ("this", "sound"),
+]
+# the flags of each mode; this checkout is sound by default (--sound is a no-op there)
+FLAGS = {
+    ("0.1", "float"): [],
+    ("0.2", "float"): [],
+    ("0.2", "sound"): ["--sound"],
+    ("this", "float"): ["--float-noise"],
+    ("this", "float64"): ["--float-noise", "--float-draws", "float64"],
+    ("this", "sound"): [],
+}
 
 
 def _worktree(workdir: Path, version: str) -> Path:
@@ -136,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     rate: dict[str, list[float]] = {}
     for r in range(args.rounds):
         order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
-        for version, sound in order:
-            name = f"{version} {'sound' if sound else 'float'}"
-            log = workdir / f"{version}-{'sound' if sound else 'float'}.tsv"
+        for version, mode in order:
+            name = f"{version} {mode}"
+            log = workdir / f"{version}-{mode}.tsv"
             cli = [
                 "certify",
                 "--model",
@@ -151,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(log),
                 "--overwrite",
                 "--quiet",
-                # this checkout is sound by default (--sound is a no-op): float mode needs --float-noise
-                *(["--sound"] if sound else (["--float-noise"] if version == "this" else [])),
+                *FLAGS[version, mode],
             ]
             wall.setdefault(name, []).append(_run(trees[version], cli, workdir))
             rate.setdefault(name, []).append(_sampling_rate(log, 100, args.n))
@@ -161,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'configuration':14s} {'wall s (median)':>16s} {'sampling samples/s (median)':>28s}")
     for name in wall:
         print(f"{name:14s} {statistics.median(wall[name]):16.1f} {statistics.median(rate[name]):28,.0f}")
+    for a, b in (("this sound", "0.1 float"), ("this float", "0.1 float"), ("this sound", "0.2 float")):
+        w = statistics.median(y / x for x, y in zip(wall[a], wall[b], strict=True))
+        print(f"whole process {a} vs {b}: {w:.3f}x as fast (median of per-round time ratios {b} / {a})")
 
     def ratio(a: str, b: str) -> float:  # median of per-round rate ratios a / b
         return statistics.median(x / y for x, y in zip(rate[a], rate[b], strict=True))
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [
         ("this float", "0.1 float"),
         ("this float", "0.2 float"),
+        ("this float", "this float64"),
+        ("this sound", "0.1 float"),
         ("this sound", "0.2 float"),
         ("this sound", "0.2 sound"),
         ("this sound", "this float"),

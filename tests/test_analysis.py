@@ -488,7 +488,9 @@ def test_tables_and_plot_axis_are_labelled_with_the_norm(tmp_path, capsys, monke
     assert main(["analyze", linf, "--radii", "0.01", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["norm"] == "linf"
     labels: list[str] = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: labels.append(fig.axes[0].get_xlabel()) or Path(path))
+    monkeypatch.setattr(
+        plotting, "save_figure", lambda fig, path: labels.append(fig.axes[0].get_xlabel()) or Path(path)
+    )
     for log, _want in ((linf, "L∞ radius"), (l1, "L1 radius"), (str(CERT / next(iter(TABLE2))), "L2 radius")):
         plotting.plot_certified_accuracy(A.summarize([A.read_certify_log(log)], [0.0, 0.5]), tmp_path / "p.png")
     assert labels == ["L∞ radius", "L1 radius", "L2 radius"]

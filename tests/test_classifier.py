@@ -112,10 +112,12 @@ class _InputRecorder(torch.nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
-def _fresh_draws_check(reuse: bool) -> tuple[int, int, int]:
+def _fresh_draws_check(reuse: bool, n0: int = 37) -> tuple[int, int, int]:
     """Run CERTIFY on a recording model; returns (selection rows, estimation rows, rows shared by both)."""
     rec = _InputRecorder()
-    sc = SmoothedClassifier(rec, 2, 0.5, pass_size=None, sound=False)  # no pass-size probe: the recorder sees CERTIFY's draws only
+    sc = SmoothedClassifier(
+        rec, 2, 0.5, pass_size=None, sound=False
+    )  # no pass-size probe: the recorder sees CERTIFY's draws only
     if reuse:  # planted bug: estimation re-runs the selection's generator state, i.e. reuses its noise
         original = sc._counts
 
@@ -126,27 +128,30 @@ def _fresh_draws_check(reuse: bool) -> tuple[int, int, int]:
             return out
 
         sc._counts = replay  # type: ignore[method-assign]
-    sc.certify(torch.tensor([0.3, 0.0]), n0=37, n=250, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(0))
+    sc.certify(
+        torch.tensor([0.3, 0.0]), n0=n0, n=250, alpha=0.01, batch_size=64, generator=torch.Generator().manual_seed(0)
+    )
     rows = torch.cat(rec.seen)
-    selection, estimation = rows[:37], rows[37:]
+    selection, estimation = rows[:n0], rows[n0:]
     shared = {tuple(r.tolist()) for r in selection} & {tuple(r.tolist()) for r in estimation}
     return len(selection), len(estimation), len(shared)
 
 
-def test_certify_uses_fresh_samples_for_estimation():
-    # the selection's 37 noisy inputs and the estimation's 250 are disjoint draws: no noisy input
+@pytest.mark.parametrize("n0", [37, 64])
+def test_certify_uses_fresh_samples_for_estimation(n0: int) -> None:
+    # the selection's n0 noisy inputs and the estimation's 250 are disjoint draws: no noisy input
     # (a pair of continuous coordinates) of one phase appears in the other
-    n_sel, n_est, shared = _fresh_draws_check(reuse=False)
-    assert (n_sel, n_est) == (37, 250)
+    n_sel, n_est, shared = _fresh_draws_check(reuse=False, n0=n0)
+    assert (n_sel, n_est) == (n0, 250)
     assert shared == 0
 
 
 def test_fresh_samples_check_catches_reused_noise():
     # positive control: estimation that restarts from the selection's generator state re-draws
-    # (most of) the same noisy inputs, and the check sees them (torch draws a 37-vector and the
-    # start of a 64-vector identically up to its last partial block of 16)
-    _, _, shared = _fresh_draws_check(reuse=True)
-    assert shared >= 16
+    # the same noisy inputs, and the check sees them (n0 = 64, the batch size: the selection's
+    # draw and the estimation's first block are the same call on the same state)
+    _, _, shared = _fresh_draws_check(reuse=True, n0=64)
+    assert shared == 64
 
 
 def test_explicit_device_moves_the_model():
@@ -237,10 +242,25 @@ class Wide(torch.nn.Module):
 @pytest.mark.parametrize(
     ("build", "call", "exc", "fragment"),
     [
-        (lambda m: SmoothedClassifier(m, 2, -0.5, sound=False), None, ValueError, "sigma must be > 0 and finite, got -0.5"),
-        (lambda m: SmoothedClassifier(m, 2, float("nan"), sound=False), None, ValueError, "sigma must be > 0 and finite, got nan"),
+        (
+            lambda m: SmoothedClassifier(m, 2, -0.5, sound=False),
+            None,
+            ValueError,
+            "sigma must be > 0 and finite, got -0.5",
+        ),
+        (
+            lambda m: SmoothedClassifier(m, 2, float("nan"), sound=False),
+            None,
+            ValueError,
+            "sigma must be > 0 and finite, got nan",
+        ),
         (lambda m: SmoothedClassifier(m, 1, 0.5, sound=False), None, ValueError, "num_classes must be >= 2, got 1"),
-        (lambda m: SmoothedClassifier("model", 2, 0.5, sound=False), None, TypeError, "base_classifier must be callable"),
+        (
+            lambda m: SmoothedClassifier("model", 2, 0.5, sound=False),
+            None,
+            TypeError,
+            "base_classifier must be callable",
+        ),
         (
             None,
             lambda sc, x: sc.certify(x, n0=10, n=100, alpha=0.0, batch_size=8),
@@ -303,7 +323,9 @@ def test_bad_input_names_argument_and_value(linear_model, build, call, exc, frag
 
 def test_scalar_input_has_wrong_rank(linear_model):
     with pytest.raises(ValueError, match="wrong rank"):
-        SmoothedClassifier(linear_model, 2, 0.5, sound=False).certify(torch.tensor(1.0), n0=10, n=100, alpha=0.1, batch_size=8)
+        SmoothedClassifier(linear_model, 2, 0.5, sound=False).certify(
+            torch.tensor(1.0), n0=10, n=100, alpha=0.1, batch_size=8
+        )
 
 
 def test_model_output_width_must_match_num_classes():
@@ -372,24 +394,40 @@ def test_adaptive_validity_test_catches_naive_peeking(linear_model, monkeypatch,
 def test_adaptive_pa_one_certified_at_the_first_stage(linear_model):
     sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = _at_distance(20.0, 1)[0]  # pA = 1 to double precision
-    c = sc.certify_adaptive(x, radius=0.5, alpha=0.001, n0=100, n_max=100_000, batch_size=1000,
-                            generator=torch.Generator().manual_seed(0))
+    c = sc.certify_adaptive(
+        x, radius=0.5, alpha=0.001, n0=100, n_max=100_000, batch_size=1000, generator=torch.Generator().manual_seed(0)
+    )
     assert (c.decision, c.stage, c.n, c.n_used, c.label, c.selected) == ("certified", 1, 64, 164, 1, 1)
     assert c.radius > 0.5 and c.p_lower == pytest.approx((0.001 / 12) ** (1 / 64))
     assert isinstance(c, AdaptiveCertificate) and not c.abstained
-    far = sc.certify_adaptive(-x, radius=0.5, alpha=0.001, n_max=100_000, batch_size=1000, label=1,
-                              generator=torch.Generator().manual_seed(0))
+    far = sc.certify_adaptive(
+        -x, radius=0.5, alpha=0.001, n_max=100_000, batch_size=1000, label=1, generator=torch.Generator().manual_seed(0)
+    )
     assert (far.decision, far.stage, far.n0, far.n_used, far.label) == ("not_certified", 1, 0, 64, ABSTAIN)
 
 
 def test_adaptive_max_radius_stops_at_cap_and_matches_fixed_n_without_early_stop(linear_model):
     sc = SmoothedClassifier(linear_model, 2, 0.5, sound=False)
     x = _at_distance(20.0, 1)[0]
-    capped = sc.certify_adaptive(x, alpha=0.001, n_max=100_000, batch_size=1000, radius_cap=0.5, label=1,
-                                 generator=torch.Generator().manual_seed(0))
+    capped = sc.certify_adaptive(
+        x,
+        alpha=0.001,
+        n_max=100_000,
+        batch_size=1000,
+        radius_cap=0.5,
+        label=1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert capped.stage == 1 and capped.radius >= 0.5 and capped.radius_tested is None
-    full = sc.certify_adaptive(x, alpha=0.001, n_max=100_000, batch_size=4096, label=1, radius_tol=0.0,
-                               generator=torch.Generator().manual_seed(0))
+    full = sc.certify_adaptive(
+        x,
+        alpha=0.001,
+        n_max=100_000,
+        batch_size=4096,
+        label=1,
+        radius_tol=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     # pA = 1 never stops early without a cap: the final stage's bound is (alpha / 12) ** (1 / n_max)
     assert full.n == 100_000 and full.radius == pytest.approx(0.5 * st.norm.ppf((0.001 / 12) ** 1e-5))
 
@@ -490,8 +528,9 @@ def test_adaptive_decision_uses_the_noise_threshold():
     # Laplace L1 at r: p* = 1 - exp(-r / b) / 2 with b = sigma / sqrt(2); pA = 1 is certified at stage 1
     sc = SmoothedClassifier(_FirstCoordinate(), 2, 0.5, noise="laplace", norm="l1", sound=False)
     x = torch.tensor([50.0, 0.0, 0.0, 0.0])
-    c = sc.certify_adaptive(x, radius=0.3, alpha=0.001, n_max=10_000, batch_size=1000, label=1,
-                            generator=torch.Generator().manual_seed(0))
+    c = sc.certify_adaptive(
+        x, radius=0.3, alpha=0.001, n_max=10_000, batch_size=1000, label=1, generator=torch.Generator().manual_seed(0)
+    )
     assert c.decision == "certified" and c.stage == 1 and c.norm == "l1" and c.noise == "laplace"
     b = 0.5 / np.sqrt(2)
     assert c.radius == pytest.approx(-b * np.log(2 * (1 - c.p_lower)))
@@ -586,8 +625,14 @@ def _tight_false_count(noise: str, norm: str, inflate: float = 1.0, runs: int = 
     return sum(c.radius * inflate > r for c in certs), r
 
 
-ALL_NOISE_NORMS = [("gaussian", "l2"), ("gaussian", "l1"), ("gaussian", "linf"), ("laplace", "l1"),
-                   ("uniform", "l1"), ("uniform", "linf")]
+ALL_NOISE_NORMS = [
+    ("gaussian", "l2"),
+    ("gaussian", "l1"),
+    ("gaussian", "linf"),
+    ("laplace", "l1"),
+    ("uniform", "l1"),
+    ("uniform", "linf"),
+]
 
 
 @pytest.mark.parametrize(("noise", "norm"), ALL_NOISE_NORMS)
@@ -601,8 +646,11 @@ def test_tight_oracle_radius_at_exact_pa_is_its_distance(noise, norm):
     make_noise(noise, sigma).sample_(draws, torch.Generator().manual_seed(1))
     p_hat = float((model(draws).argmax(1) == 1).double().mean())
     sc = SmoothedClassifier(model, 2, sigma, noise=noise, norm=norm, sound=False)
-    exact = {"gaussian": st.norm.cdf(0.9), "laplace": 1 - 0.5 * np.exp(-0.35 / (sigma / 2**0.5)),
-             "uniform": 0.8 if norm == "linf" else (0.35 + 3**0.5 * sigma) / (2 * 3**0.5 * sigma)}[noise]
+    exact = {
+        "gaussian": st.norm.cdf(0.9),
+        "laplace": 1 - 0.5 * np.exp(-0.35 / (sigma / 2**0.5)),
+        "uniform": 0.8 if norm == "linf" else (0.35 + 3**0.5 * sigma) / (2 * 3**0.5 * sigma),
+    }[noise]
     assert abs(p_hat - exact) < 5 * (exact * (1 - exact) / 400_000) ** 0.5  # the oracle's pA is as stated
     assert float(sc.radius_of(exact, dim=DIM)[0]) == pytest.approx(r, rel=1e-9)
 

@@ -620,7 +620,18 @@ def test_adaptive_certify_resumes_with_identical_rows(tmp_path, model_dir, fmnis
     full = tmp_path / "full.tsv"
     assert _run_cli([*common, "--out", str(full)]).returncode == 0
     want = _rows(full)
-    assert want[0][:10] == ["idx", "label", "predict", "radius", "correct", "time", "n_used", "decision", "stage", "p_upper"]
+    assert want[0][:10] == [
+        "idx",
+        "label",
+        "predict",
+        "radius",
+        "correct",
+        "time",
+        "n_used",
+        "decision",
+        "stage",
+        "p_upper",
+    ]
     assert len(want) == 21 and {r[7] for r in want[1:]} <= {"certified", "not_certified", "undecided"}
     assert all(int(r[6]) <= 2000 + 100 for r in want[1:])
     # a run stopped after 8 rows with a torn 9th line resumes to the same rows

@@ -28,7 +28,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("curve")
     data = write_idx_dataset(root / "data", n_train=96, n_test=20)
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--arch", "small_cnn"]
-    args += ["--sigma", "0.25", "--out", str(root / "m"), "--epochs", "1", "--batch", "32"]
+    args += ["--sigma", "0.25", "--out", str(root / "m"), "--epochs", "1", "--batch", "32", "--seed", "5"]
     assert main([*args, "--train-limit", "64", "--lr", "0.05", "--quiet"]) == 0
     return root / "m", data
 

@@ -19,7 +19,17 @@ def setup(tmp_path_factory):
     models = []
     for seed in (0, 1):
         out = root / f"model{seed}"
-        args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--arch", "small_cnn", "--sigma", "0.25"]
+        args = [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(data),
+            "--arch",
+            "small_cnn",
+            "--sigma",
+            "0.25",
+        ]
         assert main([*args, "--epochs", "1", "--batch", "32", "--seed", str(seed), "--out", str(out), "--quiet"]) == 0
         models.append(out)
     return root, data, models

@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sound")
     data = write_idx_dataset(root / "data", n_train=64, n_test=12)
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--arch", "small_cnn", "--sigma", "0.25"]
-    assert main([*args, "--out", str(root / "m"), "--epochs", "1", "--batch", "32", "--quiet"]) == 0
+    assert main([*args, "--out", str(root / "m"), "--epochs", "1", "--batch", "32", "--quiet", "--seed", "1"]) == 0
     return root, data
 
 
@@ -116,20 +116,47 @@ def _as_02(out: Path, *drop: str) -> None:
     side.write_text(json.dumps(doc))
 
 
-def test_a_02_float_log_continues_only_with_float_noise(setup, tmp_path, capsys):
+def test_a_02_float_log_continues_only_with_float_noise_and_float64_draws(setup, tmp_path, capsys):
+    """A 0.2 float-mode log (float64 Gaussian draws, "sampler": 2, no "sound"/"grid") continues only
+    with --float-noise --float-draws float64, which reproduces its stream: the rows equal one run's."""
     root, data = setup
+    legacy = ("--float-noise", "--float-draws", "float64")
     want = tmp_path / "whole.tsv"
-    assert main(_args(root, data, want, "--float-noise")) == 0
+    assert main(_args(root, data, want, *legacy)) == 0
+    assert _identity(want)["sampler"] == 2
     out = tmp_path / "old.tsv"
-    assert main([*_args(root, data, out, "--float-noise"), "--max", "2"]) == 0
+    assert main([*_args(root, data, out, *legacy), "--max", "2"]) == 0
     _as_02(out, "sound", "grid")  # 0.2 recorded neither in float mode
     before = out.read_text()
     assert main(_args(root, data, out)) == 2  # the new default would append sound-mode rows
     err = _one_line(capsys)
-    assert "float mode by smoothcert 0.2" in err and "pass --float-noise to continue it" in err
+    assert "float mode by smoothcert 0.2" in err and "pass --float-noise --float-draws float64" in err
+    assert main(_args(root, data, out, "--float-noise")) == 2  # float32 draws: another noise stream
+    err = _one_line(capsys)
+    assert "float64 Gaussian draws" in err and "--float-draws float64" in err
     assert out.read_text() == before
-    assert main(_args(root, data, out, "--float-noise")) == 0  # continues it: the same rows as one run
+    assert main(_args(root, data, out, *legacy)) == 0  # continues it: the same rows as one run
     assert _no_time(out) == _no_time(want)
+
+
+def test_float_mode_draws_float32_gaussians_by_default_and_resumes_them(setup, tmp_path, capsys):
+    """--float-noise alone records "sampler": 3 (float32 draws) and resumes its own log row for row;
+    --float-draws float64 without --float-noise is refused in one line, before anything is written."""
+    root, data = setup
+    want = tmp_path / "whole.tsv"
+    assert main(_args(root, data, want, "--float-noise")) == 0
+    assert _identity(want)["sampler"] == 3 and _identity(want)["sound"] is False
+    out = tmp_path / "part.tsv"
+    assert main([*_args(root, data, out, "--float-noise"), "--max", "2"]) == 0
+    assert main(_args(root, data, out, "--float-noise")) == 0
+    assert _no_time(out) == _no_time(want)
+    # 0.2's stream is recorded as such
+    other = tmp_path / "f64.tsv"
+    assert main(_args(root, data, other, "--float-noise", "--float-draws", "float64")) == 0
+    assert _identity(other)["sampler"] == 2
+    bad = tmp_path / "bad.tsv"
+    assert main(_args(root, data, bad, "--float-draws", "float64")) == 2
+    assert "applies to float mode only" in _one_line(capsys) and not bad.exists()
 
 
 def test_a_02_sound_log_is_not_continued(setup, tmp_path, capsys):

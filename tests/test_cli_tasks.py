@@ -23,7 +23,9 @@ def trained(tmp_path_factory):
     data = write_idx_dataset(root / "fmnist", n_train=64, n_test=24)
     common = ["--sigma", "0.25", "--epochs", "1", "--train-size", "32", "--test-size", "8", "--device", "cpu"]
     for task in ("segmentation", "localization"):
-        assert main(["train", "--task", task, "--out", str(root / task), "--data-dir", str(data), *common, "--quiet"]) == 0
+        assert (
+            main(["train", "--task", task, "--out", str(root / task), "--data-dir", str(data), *common, "--quiet"]) == 0
+        )
     return root, data
 
 
@@ -77,9 +79,31 @@ def test_localization_certify_and_analyze(trained, tmp_path, capsys):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, task, extra, message):
     root, data = trained
     if task == "classification-model":  # a classification model with --task segmentation
-        assert main(["train", "--arch", "small_cnn", "--dataset", "fashion-mnist", "--data-dir", str(data), "--sigma",
-                     "0.25", "--epochs", "1", "--batch", "16", "--out", str(root / "cls"), "--device", "cpu",
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--arch",
+                    "small_cnn",
+                    "--dataset",
+                    "fashion-mnist",
+                    "--data-dir",
+                    str(data),
+                    "--sigma",
+                    "0.25",
+                    "--epochs",
+                    "1",
+                    "--batch",
+                    "16",
+                    "--out",
+                    str(root / "cls"),
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         args = ["certify", "--task", "segmentation", "--model", str(root / "cls")]
     else:
         args = ["certify", "--task", task, "--model", str(root / task)]
@@ -118,7 +142,8 @@ def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(
     sound, old = tmp_path / "sound.tsv", tmp_path / "old.tsv"
     assert _certify(root, data, "segmentation", sound, "--tau", "0.6", "--max", "1") == 0
     assert read_sidecar(sound)["identity"]["sound"] is True and read_sidecar(sound)["identity"]["grid"] == 255
-    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "1", "--float-noise") == 0
+    legacy = ("--float-noise", "--float-draws", "float64")  # 0.2's float64 Gaussian stream
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "1", *legacy) == 0
     side = json.loads(sidecar_path(old).read_text())  # a float log as 0.2 wrote it
     del side["identity"]["sound"], side["identity"]["grid"]
     sidecar_path(old).write_text(json.dumps(side))
@@ -126,7 +151,10 @@ def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(
     assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--float-noise" in err[0]
-    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2", "--float-noise") == 0
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2", "--float-noise") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--float-draws float64" in err[0]
+    assert _certify(root, data, "segmentation", old, "--tau", "0.6", "--max", "2", *legacy) == 0
     assert len(read_rows(old, SEGMENTATION_COLUMNS)) == 2
     capsys.readouterr()
     assert main(["analyze", str(sound)]) == 0
@@ -134,7 +162,9 @@ def test_dense_certify_defaults_to_sound_mode_and_float_noise_resumes_a_0_2_log(
     assert table.splitlines()[0].endswith("| mode |") and "| sound, grid 255 |" in table
 
 
-def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_grid_scene(trained, tmp_path, monkeypatch, capsys):
+def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_grid_scene(
+    trained, tmp_path, monkeypatch, capsys
+):
     """The CLI builds its smoothed models with sound=True (grid 255) or, with --float-noise, sound=False:
     never the library's per-input "auto", so every row is in the mode the log's identity names. A scene
     moved off the grid is refused in sound mode (not certified in float mode) and runs with --float-noise."""
@@ -166,7 +196,9 @@ def test_dense_certify_passes_an_explicit_mode_never_auto_and_refuses_an_off_gri
         ("localization", False, False, None),
     ]
     scene = FashionScenes.__getitem__
-    monkeypatch.setattr(FashionScenes, "__getitem__", lambda self, i: (scene(self, i)[0] + 0.3 / 255, scene(self, i)[1]))
+    monkeypatch.setattr(
+        FashionScenes, "__getitem__", lambda self, i: (scene(self, i)[0] + 0.3 / 255, scene(self, i)[1])
+    )
     capsys.readouterr()
     assert _certify(root, data, "segmentation", tmp_path / "off.tsv", "--max", "1") == 2  # one line, exit 2
     err = capsys.readouterr().err

@@ -137,7 +137,9 @@ def test_certificate_fields_and_decisions():
         generator=torch.Generator().manual_seed(2),
     )
     assert lose.label == ABSTAIN and lose.radius == 0.0 and lose.evaluation and lose.n0 == 0
-    assert lose.n_used == lose.n <= 100 and set(lose.decisions) == {"not_certified"}
+    # no radius is certified; radius 0 may be left undecided when the tolerance rule stops first
+    assert lose.n_used == lose.n <= 100 and "certified" not in lose.decisions
+    assert set(lose.decisions[1:]) == {"not_certified"}
 
 
 def test_default_grid_for_other_norms_is_the_radius_at_phi_2():

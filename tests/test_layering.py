@@ -155,11 +155,17 @@ def test_cycle_check_catches_a_planted_cycle():
 
 
 def test_no_module_runs_far_past_500_lines():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 
-@pytest.mark.parametrize("module", ["smoothcert.runs.certify", "smoothcert.runs.attack", "smoothcert.evaluation.attacks"])
+@pytest.mark.parametrize(
+    "module", ["smoothcert.runs.certify", "smoothcert.runs.attack", "smoothcert.evaluation.attacks"]
+)
 def test_certification_and_attacks_do_not_import_training(module):
     loaded = _imported_after(f"import {module}")
     assert module in loaded and not any(m.startswith("smoothcert.training") for m in loaded)
@@ -172,7 +178,9 @@ def test_core_and_analysis_do_not_import_torch():
 
 
 def test_attacks_do_not_import_analysis():
-    assert not any("evaluation.logs" in m or "analysis" in m for m in _imported_after("import smoothcert.evaluation.attacks"))
+    assert not any(
+        "evaluation.logs" in m or "analysis" in m for m in _imported_after("import smoothcert.evaluation.attacks")
+    )
 
 
 def test_no_private_name_is_imported_from_another_module():
@@ -215,15 +223,29 @@ def test_log_schemas_tsv_reading_and_sidecar_paths_have_one_home():
 
 def test_old_module_paths_still_import():
     out = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", "from smoothcert import stats; import smoothcert.compat; "
-         "from smoothcert.compat import Smooth; import smoothcert.core.stats as s; print(stats is s)"],
-        capture_output=True, text=True, cwd=PACKAGE.parent,
+        [
+            sys.executable,
+            "-W",
+            "error::DeprecationWarning",
+            "-c",
+            "from smoothcert import stats; import smoothcert.compat; "
+            "from smoothcert.compat import Smooth; import smoothcert.core.stats as s; print(stats is s)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
     )
     assert out.stdout.strip() == "True", out.stderr
     old = subprocess.run(
-        [sys.executable, "-c", "import warnings; warnings.simplefilter('always'); import smoothcert.analysis as a; "
-         "import smoothcert.evaluation.analysis as b; print(a is b)"],
-        capture_output=True, text=True, cwd=PACKAGE.parent,
+        [
+            sys.executable,
+            "-c",
+            "import warnings; warnings.simplefilter('always'); import smoothcert.analysis as a; "
+            "import smoothcert.evaluation.analysis as b; print(a is b)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
     )
     assert old.stdout.strip() == "True" and "moved to smoothcert.evaluation.analysis" in old.stderr
 

@@ -58,15 +58,94 @@ def test_ks_positive_control(name: str) -> None:
     assert st.kstest(x, reference(other).cdf).pvalue < KS_P_MIN
 
 
-def test_gaussian_is_float64_normal_rounded_bitwise() -> None:
-    """Gaussian.sample_ is a float64 normal_(0, sigma) draw rounded to float32 (the stream logs rely on)."""
+def test_gaussian_float64_draws_are_float64_normal_rounded_bitwise() -> None:
+    """draws="float64" is 0.2's stream: a float64 normal_(0, sigma) draw rounded to float32 (its logs rely on it)."""
     for shape in [(7,), (3, 28, 28), (1000, 17)]:
-        a = draw(N.Gaussian(0.25), shape, seed=42)
+        a = draw(N.Gaussian(0.25, draws="float64"), shape, seed=42)
         b = torch.empty(shape, dtype=torch.float64).normal_(0.0, 0.25, generator=torch.Generator().manual_seed(42))
         assert torch.equal(a, b.float())
-    # control: the float32 draw of earlier releases (vectorized for >= 16 values) is another stream
-    f32 = torch.empty(3, 28, 28).normal_(0.0, 0.25, generator=torch.Generator().manual_seed(42))
-    assert not torch.equal(draw(N.Gaussian(0.25), (3, 28, 28), seed=42), f32)
+    # control: the default float32 draws are another stream
+    assert not torch.equal(
+        draw(N.Gaussian(0.25), (3, 28, 28), seed=42), draw(N.Gaussian(0.25, draws="float64"), (3, 28, 28), seed=42)
+    )
+    # a float64 buffer always gets float64 draws
+    g64 = N.Gaussian(0.25).sample_(torch.empty(100, dtype=torch.float64), torch.Generator().manual_seed(3))
+    assert torch.equal(
+        g64, torch.empty(100, dtype=torch.float64).normal_(0.0, 0.25, generator=torch.Generator().manual_seed(3))
+    )
+
+
+def _box_muller_reference(count: int, sigma: float, seed: int) -> torch.Tensor:
+    """gaussian32_'s construction recomputed in float64 from the same generator stream (one chunk)."""
+    g = torch.Generator().manual_seed(seed)
+    half = (count + 1) // 2
+    words = torch.empty(half, dtype=torch.int64).random_(-(2**63), None, generator=g)
+    k = (words.view(torch.int32).to(torch.int64) >> 8) & 0xFFFFFF
+    k1, k2 = k[:half].double(), k[half:].double()
+    r = torch.sqrt(-2.0 * torch.log1p(-k1 * 2.0**-24)) * sigma
+    tail = (k[:half] >= 2**24 - 2**14).nonzero().view(-1)
+    v = torch.empty(tail.numel(), dtype=torch.float64).uniform_(generator=g)
+    r[tail] = torch.sqrt(-2.0 * torch.log((1.0 - v) * 2.0**-10)) * sigma
+    theta = 2.0 * math.pi * k2 * 2.0**-24
+    return torch.cat([r * torch.cos(theta), r * torch.sin(theta)])[:count]
+
+
+@pytest.mark.parametrize("count", [16, 1001, 200_000])
+def test_gaussian32_is_box_muller_within_float32_rounding(count: int) -> None:
+    """The float32 draws equal the Box–Muller construction computed in float64 on the same bits
+    (tail redraws included) to within 8 float32 ulps of the pair's radius: the "few ulps"
+    docs/noises.md states, checked coordinate by coordinate (the error is absolute in the angle,
+    so a value near a zero of cos or sin has a larger relative error, never a larger absolute one)."""
+    sigma = 0.7
+    got = draw(N.Gaussian(sigma), (count,), seed=9).double()
+    ref = _box_muller_reference(count, sigma, seed=9)
+    half = (count + 1) // 2
+    pair = torch.cat([ref[:half], ref[half:], torch.zeros(2 * half - count, dtype=torch.float64)])
+    radius = torch.sqrt(pair[:half] ** 2 + pair[half:] ** 2).repeat(2)[:count]
+    bound = 8 * 2.0**-24 * radius + 1e-12
+    assert ((got - ref).abs() <= bound).all()
+    # control: the check catches a planted error of one part in 10^5 in the radius
+    assert not ((got * (1 + 1e-5) - ref).abs() <= bound).all()
+
+
+def _tail_radii(monkeypatch: pytest.MonkeyPatch, *, refine: bool) -> np.ndarray:
+    """Radii r/sigma of 200,000 pairs whose u1 bits all fall in the tail bucket (k1 = 2^24 - 1)."""
+
+    def all_tail(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return out.fill_(-1)  # every 24-bit field is 2^24 - 1: u1 = 2^-24 before any refinement
+
+    monkeypatch.setattr(N, "random_bits64_", all_tail)
+    if not refine:  # the planted bug: no coordinate is found in the tail bucket
+        monkeypatch.setattr(N, "positions_at_least", lambda codes, first: torch.empty(0, dtype=torch.int64))
+    x = N.Gaussian(1.0).sample_(torch.empty(400_000), torch.Generator().manual_seed(5)).double()
+    return torch.sqrt(x[:200_000] ** 2 + x[200_000:] ** 2).numpy()
+
+
+def test_gaussian32_tail_pairs_get_the_conditional_tail_law(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs whose u1 falls in (0, 2^-10] get a fresh radius from the exact conditional law:
+    given u1 <= 2^-10, R^2 - 20 ln 2 ~ Exp(mean 2) (R^2 = -2 ln u1). KS at p > 1e-4 (seeded);
+    the radius then reaches past float32's cut sqrt(48 ln 2) = 5.77, up to sqrt(126 ln 2) = 9.35.
+    Positive control: without the refinement every radius is the float32 cut and the KS test rejects."""
+    r = _tail_radii(monkeypatch, refine=True)
+    excess = r**2 - 20 * math.log(2)
+    assert excess.min() > -1e-4
+    assert st.kstest(excess, st.expon(scale=2.0).cdf).pvalue > KS_P_MIN
+    # P(R > sqrt(48 ln 2) | tail) = 2^-14: about 12 of 200,000 pairs; none with probability 6e-6
+    assert r.max() > math.sqrt(48 * math.log(2))
+    assert r.max() <= math.sqrt(126 * math.log(2)) + 1e-5
+    control = _tail_radii(monkeypatch, refine=False)
+    assert np.allclose(control, math.sqrt(48 * math.log(2)), rtol=1e-6)
+    assert st.kstest(control**2 - 20 * math.log(2), st.expon(scale=2.0).cdf).pvalue < KS_P_MIN
+
+
+def test_gaussian32_pairs_are_independent_normals() -> None:
+    """The two halves of each pair are uncorrelated and their squared radius is chi^2_2:
+    r^2 / sigma^2 ~ Exp(mean 2), KS at p > 1e-4 on 100,000 pairs (seeded)."""
+    sigma = 0.3
+    x = draw(N.Gaussian(sigma), (200_000,), seed=11).double().numpy() / sigma
+    a, b = x[:100_000], x[100_000:]
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / math.sqrt(100_000)
+    assert st.kstest(a**2 + b**2, st.expon(scale=2.0).cdf).pvalue > KS_P_MIN
 
 
 @pytest.mark.parametrize("name", N.NOISES)

@@ -23,6 +23,7 @@ from smoothcert.core.percentile import (
     upper_order_index,
 )
 from smoothcert.smoothing.certificates import SmoothingWarning
+from smoothcert.smoothing.noises import Gaussian
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 
 W = torch.tensor([3.0, -4.0, 0.0, 0.0])  # ||w|| = 5
@@ -98,7 +99,7 @@ def test_samples_beyond_one_batch_are_all_distinct_draws():
     assert len(np.unique(y)) == 10
     # the same stream as one draw of 3, 3, 3, 1 noise rows from the generator
     g = torch.Generator().manual_seed(0)
-    rows = torch.cat([torch.empty(k, 4).normal_(0.0, SIGMA, generator=g) for k in (3, 3, 3, 1)])
+    rows = torch.cat([Gaussian(SIGMA).sample_(torch.empty(k, 4), g) for k in (3, 3, 3, 1)])
     assert np.allclose(y, ((X + rows) @ W).numpy(), atol=1e-5)
 
 
@@ -118,7 +119,13 @@ def test_interval_contains_the_smoothed_percentile_over_the_ball(p):
     fails = 0
     for seed in range(RUNS):
         c = reg.certify(
-            X, n=N, alpha=ALPHA, radius=RADIUS, percentile=p, batch_size=N, generator=torch.Generator().manual_seed(seed)
+            X,
+            n=N,
+            alpha=ALPHA,
+            radius=RADIUS,
+            percentile=p,
+            batch_size=N,
+            generator=torch.Generator().manual_seed(seed),
         )
         fails += int(c.lower[0] > low or c.upper[0] < high)
     assert fails <= LIMIT, f"{fails} of {RUNS} intervals missed the smoothed percentile (limit {LIMIT})"
@@ -242,7 +249,9 @@ class RecordingLinear(Linear):
 def test_sound_mode_feeds_the_model_only_grid_points_and_records_its_mode():
     model = RecordingLinear(W)
     reg = SmoothedRegressor(model, SIGMA, sound=True, grid=255)
-    c = reg.certify(X_GRID, n=100, alpha=ALPHA, radius=RADIUS, batch_size=32, generator=torch.Generator().manual_seed(0))
+    c = reg.certify(
+        X_GRID, n=100, alpha=ALPHA, radius=RADIUS, batch_size=32, generator=torch.Generator().manual_seed(0)
+    )
     seen = torch.cat(model.seen)
     assert len(seen) == 100 and float((255 * seen - torch.round(255 * seen)).abs().max()) < 1e-4
     assert c.sound and c.grid == 255 and 0 < c.tv_bound == reg.tv_bound(4) < 1e-14

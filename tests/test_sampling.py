@@ -8,6 +8,7 @@ import torch
 from scipy import stats as st
 
 from smoothcert.smoothing.engine import plan_batches, sample_counts
+from smoothcert.smoothing.noises import Gaussian
 
 
 class Recorder(torch.nn.Module):
@@ -156,12 +157,12 @@ class Seen(torch.nn.Module):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_get_float32_noise(dtype):
-    # the model sees cast(x + eps) with x + eps formed in float32 from Gaussian draws rounded to float32,
+    # the model sees cast(x + eps) with x + eps formed in float32 from the float32 Gaussian sampler,
     # not x + eps with eps drawn in half precision (a coarsely quantized Gaussian)
     x = torch.rand(1, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
     model = Seen()
     sample_counts(model, x, sigma=0.3, n=50, num_classes=2, batch_size=64, generator=torch.Generator().manual_seed(7))
-    eps = torch.empty(50, 64, dtype=torch.float64).normal_(0.0, 0.3, generator=torch.Generator().manual_seed(7)).float()
+    eps = Gaussian(0.3).sample_(torch.empty(50, 64), torch.Generator().manual_seed(7))
     expected = (x.float() + eps).to(dtype).double()
     assert torch.equal(model.inputs[0], expected)
     # control: the half-precision draw the old engine made differs from it
@@ -254,8 +255,7 @@ def test_noise_is_float32_before_a_bf16_autocast_model():
         autocast_dtype=torch.bfloat16,
         generator=torch.Generator().manual_seed(0),
     )
-    eps = torch.empty(20, 2, 3, 3, dtype=torch.float64).normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
-    eps = eps.float()  # drawn in float64, rounded once to the float32 buffer
+    eps = Gaussian(0.5).sample_(torch.empty(20, 2, 3, 3), torch.Generator().manual_seed(0))  # float32 draws
     assert torch.equal(model.inputs[0], eps.double())
 
 

@@ -103,8 +103,15 @@ def models(tmp_path_factory, data_dir):
     out = {}
     for task in ("segmentation", "localization"):
         cfg = TaskTrainConfig(
-            task=task, sigma=0.25, out=str(root / task), epochs=1, batch=16, train_size=32, test_size=8,
-            data_dir=data_dir, progress=False,
+            task=task,
+            sigma=0.25,
+            out=str(root / task),
+            epochs=1,
+            batch=16,
+            train_size=32,
+            test_size=8,
+            data_dir=data_dir,
+            progress=False,
         )
         meta = train_task(cfg)
         assert meta["task"] == task and meta["dataset"] == "fashion-mnist-scenes" and meta["sigma"] == 0.25
@@ -115,8 +122,19 @@ def models(tmp_path_factory, data_dir):
 def _config(task, model, out, data_dir, **kw):
     from smoothcert.runs.tasks import TaskRunConfig
 
-    base = dict(task=task, model=model, out=str(out), n0=8, n=40, alpha=0.05, batch=64, max=4, data_dir=data_dir,
-                scenes_size=10, progress=False)
+    base = dict(
+        task=task,
+        model=model,
+        out=str(out),
+        n0=8,
+        n=40,
+        alpha=0.05,
+        batch=64,
+        max=4,
+        data_dir=data_dir,
+        scenes_size=10,
+        progress=False,
+    )
     return TaskRunConfig(**{**base, **kw})
 
 
@@ -129,7 +147,9 @@ def test_segmentation_log_resumes_with_identical_rows(models, data_dir, tmp_path
     from smoothcert.runs.tasks import run_task
 
     full = run_task(_config("segmentation", models["segmentation"], tmp_path / "full.tsv", data_dir, taus=(0.6, 0.8)))
-    part = run_task(_config("segmentation", models["segmentation"], tmp_path / "part.tsv", data_dir, taus=(0.6, 0.8), max=2))
+    part = run_task(
+        _config("segmentation", models["segmentation"], tmp_path / "part.tsv", data_dir, taus=(0.6, 0.8), max=2)
+    )
     for tau in (0.6, 0.8):  # interrupted after two images: the resumed log equals the uninterrupted one
         run_task(_config("segmentation", models["segmentation"], tmp_path / "part.tsv", data_dir, taus=(0.6, 0.8)))
         assert _without_time(part[tau], SEGMENTATION_COLUMNS) == _without_time(full[tau], SEGMENTATION_COLUMNS)
@@ -157,8 +177,12 @@ def test_localization_log_and_analysis(models, data_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("task", "kw", "match"),
-    [("segmentation", {"taus": (0.5,)}, "tau"), ("segmentation", {"taus": (1.2,)}, "tau"),
-     ("localization", {"radii": (-0.1,)}, "radius"), ("detection", {}, "task")],
+    [
+        ("segmentation", {"taus": (0.5,)}, "tau"),
+        ("segmentation", {"taus": (1.2,)}, "tau"),
+        ("localization", {"radii": (-0.1,)}, "radius"),
+        ("detection", {}, "task"),
+    ],
 )
 def test_bad_run_settings_are_refused_by_name(task, kw, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
@@ -196,7 +220,9 @@ def test_runs_default_to_sound_mode_and_record_it(models, data_dir, tmp_path):
     from smoothcert.runs.tasks import run_task
 
     sound = run_task(_config("localization", models["localization"], tmp_path / "s.tsv", data_dir, max=2))
-    fl = run_task(_config("localization", models["localization"], tmp_path / "f.tsv", data_dir, max=2, float_noise=True))
+    fl = run_task(
+        _config("localization", models["localization"], tmp_path / "f.tsv", data_dir, max=2, float_noise=True)
+    )
     s_id, f_id = (read_sidecar(p[0.25])["identity"] for p in (sound, fl))
     assert (s_id["sound"], s_id["grid"]) == (True, 255) and (f_id["sound"], f_id["grid"]) == (False, None)
     assert read_localization(sound[0.25]).mode == "sound, grid 255" and read_localization(fl[0.25]).mode == "float"
@@ -205,24 +231,26 @@ def test_runs_default_to_sound_mode_and_record_it(models, data_dir, tmp_path):
         run_task(_config("localization", models["localization"], tmp_path / "f.tsv", data_dir, max=2))
 
 
-def test_a_float_log_of_0_2_is_refused_in_sound_mode_naming_float_noise_and_resumes_with_it(
-    models, data_dir, tmp_path
-):
+def test_a_float_log_of_0_2_is_refused_in_sound_mode_naming_float_noise_and_resumes_with_it(models, data_dir, tmp_path):
     import json
 
     from smoothcert.io.logs import SEGMENTATION_COLUMNS, sidecar_path
     from smoothcert.runs.tasks import run_task
 
     model = models["segmentation"]
-    full = run_task(_config("segmentation", model, tmp_path / "full.tsv", data_dir, float_noise=True))[0.75]
-    old = run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, float_noise=True, max=2))[0.75]
-    side = json.loads(sidecar_path(old).read_text())  # as 0.2 wrote it: no sound, no grid
+    legacy = {"float_noise": True, "float_draws": "float64"}  # 0.2's float64 Gaussian stream
+    full = run_task(_config("segmentation", model, tmp_path / "full.tsv", data_dir, **legacy))[0.75]
+    old = run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, max=2, **legacy))[0.75]
+    side = json.loads(sidecar_path(old).read_text())  # as 0.2 wrote it: no sound, no grid (and no sampler)
+    assert "sampler" not in side["identity"]
     del side["identity"]["sound"], side["identity"]["grid"]
     sidecar_path(old).write_text(json.dumps(side))
     with pytest.raises(ResultFileError, match="--float-noise"):
         run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir))
+    with pytest.raises(ResultFileError, match="--float-draws float64"):  # float32 draws: another stream
+        run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, float_noise=True))
     assert len(read_rows(old, SEGMENTATION_COLUMNS)) == 2  # refused before writing
-    run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, float_noise=True))
+    run_task(_config("segmentation", model, tmp_path / "old.tsv", data_dir, **legacy))
     assert _without_time(old, SEGMENTATION_COLUMNS) == _without_time(full, SEGMENTATION_COLUMNS)
     assert read_segmentation(old).mode == "float"
     table = markdown_table([segmentation_summary(read_segmentation(old))], ["tau", "certified_accuracy"])

@@ -169,7 +169,9 @@ def test_every_noisy_input_is_exactly_on_the_grid():
     assert abs(float(j.std()) - 0.25 * 255) < 1.0 and abs(float(j.mean())) < 0.5
     # control: float mode's inputs are off the grid
     model_f = _Recording()
-    SmoothedClassifier(model_f, 2, 0.25, pass_size=None, sound=False).certify(x, n0=50, n=500, alpha=0.01, batch_size=128)
+    SmoothedClassifier(model_f, 2, 0.25, pass_size=None, sound=False).certify(
+        x, n0=50, n=500, alpha=0.01, batch_size=128
+    )
     zf = torch.cat(model_f.inputs).double() * 255
     assert (zf - torch.round(zf)).abs().max() > 0.1
 

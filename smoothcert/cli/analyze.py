@@ -206,5 +206,3 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-

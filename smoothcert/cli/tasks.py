@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from smoothcert.cli.options import add_options, build_config
+from smoothcert.smoothing.noises import FLOAT_DRAWS
 
 __all__ = ["DENSE_TASKS", "TASKS", "register", "route"]
 
@@ -52,6 +53,11 @@ _CERTIFY: dict[str, dict[str, Any]] = {
     "float_noise": {
         "help": "draw floating-point noise instead of sound mode's noise on the scenes' 8-bit grid (the default; "
         "docs/sound.md): certificates are then about fl(x + eps), which a model reading rounding can fool"
+    },
+    "float_draws": {
+        "choices": FLOAT_DRAWS,
+        "help": "with --float-noise: float32 Gaussian draws (the default since 0.3) or float64 (0.2's stream, "
+        "to resume its float-mode logs)",
     },
 }
 

@@ -49,7 +49,7 @@ from smoothcert.io.logs import (
     sidecar_path,
 )
 from smoothcert.runs.config import AMP, SPLITS, RunConfig, as_config_error
-from smoothcert.runs.resume import LEGACY, SOUND_RADII, check_legacy_resume
+from smoothcert.runs.resume import LEGACY, SOUND_RADII, check_legacy_resume, float_sampler_version
 from smoothcert.runs.rows import certify_rows, example_generator, shared_times
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
@@ -257,7 +257,7 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         model = compose(den, model).eval()
         if noise != "gaussian":
             _warn(f"smoothing with {noise} noise through a diffusion model trained to remove Gaussian noise")
-    noise_obj = make_noise(noise, sigma)
+    noise_obj = make_noise(noise, sigma, draws=config.float_draws if noise == "gaussian" else None)
     noise_obj.check_norm(config.norm)
     dataset_name = config.dataset or str(meta["dataset"])
     if dataset_name != meta["dataset"]:
@@ -326,8 +326,9 @@ def _prepare(config: RunConfig, dist: DistContext) -> PreparedRun:
         "device_type": device.type,
         "amp": config.amp,
         "compile": config.compile,
-        # float64 samplers (0.2): the noise stream of 0.1 logs differs, so they cannot be resumed
-        "sampler": 2,
+        # the noise stream: 2 for 0.2's float64 samplers (and sound mode, whose stream they do not
+        # touch), 3 for float mode's float32 Gaussian draws (0.3): logs of another stream are not resumed
+        "sampler": float_sampler_version(noise_obj, sound=config.sound),
     }
     # The noise is drawn in a layout-independent way, so channels-last and the pass size leave
     # every example's noise unchanged; they may change the base classifier's last bits (and so a

@@ -19,6 +19,7 @@ from smoothcert.core import confseq, sequential
 from smoothcert.core.checks import check_alpha, check_int, check_sigma
 from smoothcert.core.errors import ConfigError, SmoothcertError
 from smoothcert.core.radii import NOISES, NORMS
+from smoothcert.smoothing.noises import FLOAT_DRAWS
 
 __all__ = ["AMP", "SPLITS", "RunConfig", "as_config_error"]
 
@@ -161,6 +162,14 @@ class RunConfig:
         default=None,
         metadata=_opt("the input grid of sound mode (default: 255, 8-bit pixels); not with --float-noise", min=2),
     )
+    float_draws: str = field(
+        default="float32",
+        metadata=_opt(
+            "float mode's Gaussian draws: float32 (the default since 0.3: float32 Box-Muller with its tail redrawn "
+            "in float64) or float64 (0.2's stream, to resume its float-mode logs); with --float-noise",
+            choices=FLOAT_DRAWS,
+        ),
+    )
     norm: str = field(default="l2", metadata=_opt("threat norm of the radius (default: l2)", choices=NORMS))
     adaptive: bool = field(
         default=False,
@@ -257,6 +266,12 @@ class RunConfig:
             raise ConfigError(
                 "consensus=1 certifies the ensemble's first member (--model) alone, while the log would name the "
                 "whole ensemble: use consensus >= 2, or certify --model without --ensemble"
+            )
+        if self.float_draws not in FLOAT_DRAWS:
+            raise ConfigError(f"float_draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.float_draws!r}")
+        if self.float_draws != "float32" and self.sound:
+            raise ConfigError(
+                f"float_draws={self.float_draws!r} applies to float mode only: add --float-noise (Python: sound=False)"
             )
         if self.grid is not None:
             if not self.sound:

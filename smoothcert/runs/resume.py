@@ -9,8 +9,16 @@ from typing import Any
 
 from smoothcert.core.errors import ConfigError
 from smoothcert.io.logs import read_sidecar
+from smoothcert.smoothing.noises import Gaussian, Noise
 
-__all__ = ["LEGACY", "SOUND_RADII", "check_legacy_resume"]
+__all__ = [
+    "FLOAT32_SAMPLER",
+    "FLOAT64_SAMPLER",
+    "LEGACY",
+    "SOUND_RADII",
+    "check_legacy_resume",
+    "float_sampler_version",
+]
 
 # Identity keys a log written before they were recorded lacks, with the value they then had:
 # 0.2 recorded "sound"/"grid" only in sound mode, so a 0.2 identity without them is float mode.
@@ -18,13 +26,24 @@ LEGACY = {"sound": False, "grid": None}
 # The version of sound-mode radii the rows hold: 2 since 0.3 (the grid offset is subtracted from
 # the radius); a 0.2 sound-mode log (no "sound_radii") holds the earlier radii and is not resumed.
 SOUND_RADII = 2
+# The identity's "sampler": 2 for 0.2's float64 samplers, which sound mode's stream leaves alone
+# too; 3 for float mode's float32 Gaussian draws (0.3, Gaussian(draws="float32")).
+FLOAT64_SAMPLER, FLOAT32_SAMPLER = 2, 3
+
+
+def float_sampler_version(noise: Noise, *, sound: bool) -> int:
+    """The ``"sampler"`` a log's identity records for ``noise`` in sound or float mode."""
+    if not sound and isinstance(noise, Gaussian) and noise.draws == "float32":
+        return FLOAT32_SAMPLER
+    return FLOAT64_SAMPLER
 
 
 def check_legacy_resume(out: Path, identity: dict[str, Any]) -> None:
     """Refuse, naming the flag that continues it, a log of an earlier version whose rows this run would not write.
 
-    A 0.2 float-mode log (its identity has no ``"sound"``) continues only in float mode
-    (``--float-noise``, under which :data:`LEGACY` makes the identities equal); a 0.2 sound-mode
+    A 0.2 float-mode log (its identity has no ``"sound"``) continues only in float mode with float64
+    draws (``--float-noise --float-draws float64``, under which :data:`LEGACY` makes the identities
+    equal), as does a 0.3 float-mode log (``"sampler": 2``); a 0.2 sound-mode
     log (``"sound"`` but no ``"sound_radii"``) holds radii computed without the grid offset and is
     not continued. Other differences are :func:`~smoothcert.io.logs.read_resumable`'s to report.
     """
@@ -34,8 +53,18 @@ def check_legacy_resume(out: Path, identity: dict[str, Any]) -> None:
     if "sound" not in old and identity.get("sound"):
         raise ConfigError(
             f"{out} was written in float mode by smoothcert 0.2 (its identity has no 'sound'), and certify and "
-            "predict now run in sound mode by default: pass --float-noise to continue it in float mode, or "
-            "--overwrite / another --out for a sound-mode log"
+            "predict now run in sound mode by default: pass --float-noise --float-draws float64 to continue it in "
+            "float mode with its noise stream, or --overwrite / another --out for a sound-mode log"
+        )
+    if (
+        old.get("sound") is not True
+        and old.get("sampler") == FLOAT64_SAMPLER
+        and identity.get("sampler") == FLOAT32_SAMPLER
+    ):
+        raise ConfigError(
+            f"{out} was written in float mode with float64 Gaussian draws (0.2's stream), and float mode "
+            "now draws them in float32: pass --float-draws float64 to continue it with its noise stream, or "
+            "--overwrite / another --out"
         )
     if old.get("sound") is True and "sound_radii" not in old and identity.get("sound"):
         raise ConfigError(

@@ -43,9 +43,11 @@ from smoothcert.io.logs import (
 from smoothcert.io.scenes import GRID, SCENE_TASKS, SCENES_NAME, FashionScenes
 from smoothcert.models.dense import register_task_architectures
 from smoothcert.runs.certify import example_generator, select_indices
+from smoothcert.runs.resume import FLOAT32_SAMPLER
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.progress import progress
+from smoothcert.smoothing.noises import FLOAT_DRAWS, Gaussian
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
@@ -59,7 +61,8 @@ class TaskRunConfig:
     """Settings of ``smoothcert certify --task segmentation|localization``.
 
     ``taus`` (segmentation) and ``radii`` (localization) may hold several values: one log each.
-    ``float_noise`` draws floating-point noise instead of sound mode's noise on the 8-bit grid.
+    ``float_noise`` draws floating-point noise instead of sound mode's noise on the 8-bit grid;
+    ``float_draws`` then picks the Gaussian's float32 (default) or float64 (0.2's) draws.
     """
 
     task: str
@@ -85,6 +88,7 @@ class TaskRunConfig:
     overwrite: bool = False
     progress: bool = True
     float_noise: bool = False
+    float_draws: str = "float32"
 
     @property
     def sound(self) -> bool:
@@ -109,6 +113,10 @@ class TaskRunConfig:
         object.__setattr__(self, "taus", tuple(seg.check_tau(t) for t in self.taus))
         object.__setattr__(self, "radii", tuple(pct.check_radius(r) for r in self.radii))
         pct.check_percentile(self.percentile)
+        if self.float_draws not in FLOAT_DRAWS:
+            raise ConfigError(f"float_draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.float_draws!r}")
+        if self.float_draws != "float32" and not self.float_noise:
+            raise ConfigError(f"float_draws={self.float_draws!r} applies to float mode only: add --float-noise")
 
 
 def task_log_paths(config: TaskRunConfig) -> dict[float, Path]:
@@ -163,14 +171,21 @@ def _load(config: TaskRunConfig, device: torch.device) -> tuple[torch.nn.Module,
 def _legacy_identity(path: Path, identity: dict[str, Any], *, sound: bool) -> dict[str, Any]:
     """The identity to resume ``path`` with: ``identity``, or for a log written before sound mode
     (its identity records no ``sound``: smoothcert 0.2, float noise) the same without ``sound``/``grid``
-    in float mode; in sound mode such a log is refused, naming ``--float-noise``."""
+    in float mode; in sound mode such a log is refused, naming ``--float-noise``. A float-mode log
+    of float64 draws (0.2: no ``sampler``) is refused under float32 draws, naming ``--float-draws``."""
     old = (read_sidecar(path) or {}).get("identity") if path.exists() else None
+    if isinstance(old, dict) and old.get("sound") is not True and "sampler" not in old and "sampler" in identity:
+        raise ResultFileError(
+            f"{path} was written in float mode with float64 Gaussian draws (0.2's stream), and float mode "
+            "now draws them in float32: resume it with --float-noise --float-draws float64, "
+            "or pass --overwrite to replace it, or choose another --out"
+        )
     if not isinstance(old, dict) or "sound" in old:
         return identity
     if sound:
         raise ResultFileError(
             f"{path} was written with floating-point noise before sound mode became the default "
-            "(its sidecar records no 'sound'); resume it with --float-noise, "
+            "(its sidecar records no 'sound'); resume it with --float-noise --float-draws float64, "
             "or pass --overwrite to replace it, or choose another --out"
         )
     return {k: v for k, v in identity.items() if k not in ("sound", "grid")}
@@ -208,6 +223,8 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         "sound": config.sound,
         "grid": GRID if config.sound else None,
     }
+    if not config.sound and config.float_draws == "float32":  # float32 Gaussian draws (0.3): a new stream
+        base["sampler"] = FLOAT32_SAMPLER
     if config.task == "segmentation":
         base["n0"] = config.n0
     else:
@@ -255,7 +272,11 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         )
         # explicitly sound=True (an off-grid scene is refused, never certified in float mode behind
         # the log's back) or sound=False, never the library's per-input "auto"
-        mode: dict[str, Any] = {"sound": True, "grid": GRID} if config.sound else {"sound": False}
+        mode: dict[str, Any] = (
+            {"sound": True, "grid": GRID}
+            if config.sound
+            else {"sound": False, "noise": Gaussian(sigma, draws=config.float_draws)}
+        )
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(

@@ -420,6 +420,7 @@ def _probe(
             return torch.rand((size, *input_shape), device=device, generator=local)
         i = torch.randint(0, grid + 1, (size, *input_shape), device=device, generator=local)
         return i.to(torch.float32).div_(grid)  # fl(i / q), as an 8-bit image is stored
+
     with eval_mode(model), torch.inference_mode(), amp:
         # passes of a few samples (the first pays one-time costs, the best of two more is kept): a
         # pessimistic rate that predicts what larger passes cost

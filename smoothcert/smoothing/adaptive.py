@@ -46,6 +46,7 @@ DEFAULT_RADIUS_RTOL = 0.015
 """Default max-radius tolerance as a fraction of the attainable radius (about ``0.056 sigma`` for
 Gaussian L2 at ``n_max`` = 100,000 and ``alpha`` = 0.001, close to the former ``0.05 sigma``)."""
 
+
 class Voter(Protocol):
     """What sequential CERTIFY needs of a smoothed classifier (``SmoothedClassifier`` is one)."""
 
@@ -268,5 +269,3 @@ def _decide(
         rows = p_star == v
         decision[rows], lower[rows], upper[rows] = sequential.decision_step(count[rows], stage, schedule, float(v))
     return decision, lower, upper
-
-

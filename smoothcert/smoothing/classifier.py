@@ -379,4 +379,3 @@ class SmoothedClassifier(SmoothedModel):
         """:meth:`certify_curve` for each input of ``xs``; the next look of every active input shares
         forward passes. With one generator per input each result equals the one-input call."""
         return _curve.certify_curve_batch(self, xs, labels=labels, generator=generator, **settings)
-

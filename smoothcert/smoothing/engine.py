@@ -388,9 +388,7 @@ def run_samples(
     with eval_mode(model), torch.inference_mode(), amp:
         buf = torch.empty((cap, *inputs.shape[1:]), dtype=noise_dtype, device=device)
         feed_buf = (
-            torch.empty((min(passes, cap), *inputs.shape[1:]), dtype=feed, device=device).contiguous(
-                memory_format=fmt
-            )
+            torch.empty((min(passes, cap), *inputs.shape[1:]), dtype=feed, device=device).contiguous(memory_format=fmt)
             if convert
             else None
         )

@@ -14,23 +14,32 @@ The radius formulas live in the torch-free :mod:`smoothcert.core.radii`; the obj
 to it. :meth:`Noise.sample_` fills a preallocated buffer in place from an explicit
 ``torch.Generator`` on the buffer's device.
 
-**What "exact" means here (float mode).** Every sampler draws in float64 — torch's float64
-uniforms have 53 random bits (``k / 2^53``) — and rounds the result once to the buffer's dtype.
-The only truncation of the tails is the uniform's resolution: at most ``2^-50`` of each
-coordinate's mass is moved (Gaussian: Box–Muller radius capped at ``sqrt(2 ln 2^53)``, about
-``8.6 sigma``, mass ``2^-53``; Laplace: ``|x| <= b ln 2^53``, mass ``<= 2^-52``; uniform: none),
-so about ``d * 2^-50`` per noise vector (``1.3e-10`` at ImageNet size). Beyond that, float-mode
-noise is a float approximation of the stated law and the model sees ``fl(x + eps)``: a discrete
-law that the radius formulas do not cover. A base classifier that reads low-order bits can
-exploit it (``docs/sound.md``); for quantized inputs use sound mode
+**What "exact" means here (float mode).** Every sampler moves at most ``2^-50`` of each
+coordinate's mass out of its tails, so about ``d * 2^-50`` per noise vector (``1.3e-10`` at
+ImageNet size):
+
+* Gaussian, float32 buffers (the default, ``draws="float32"``, since 0.3): Box–Muller in
+  float32 on 24-bit uniforms, whose radius draw is refined in float64 where it falls in the
+  tail (``u1 <= 2^-10``, one pair in 1,024): the radius is capped at ``sqrt(2 ln 2^63)``, about
+  ``9.3 sigma``, mass ``2^-63`` per pair (:func:`gaussian32_`). The values carry float32
+  evaluation error (a few ulps of each value) instead of one rounding.
+* Gaussian with ``draws="float64"`` (0.2's stream, kept to resume its logs) and every float64
+  buffer: float64 ``normal_`` (53-bit uniforms), radius capped at ``sqrt(2 ln 2^53)``, about
+  ``8.6 sigma``, mass ``2^-53``, rounded once to the buffer's dtype.
+* Laplace: float64 inverse CDF, ``|x| <= b ln 2^53``, mass ``<= 2^-52``; uniform: none.
+
+Beyond that, float-mode noise is a float approximation of the stated law and the model sees
+``fl(x + eps)``: a discrete law that the radius formulas do not cover. A base classifier that
+reads low-order bits can exploit it (``docs/sound.md``); for quantized inputs use sound mode
 (:mod:`smoothcert.smoothing.sound`).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -39,11 +48,28 @@ from numpy.typing import ArrayLike
 from smoothcert.core import radii as _radii
 from smoothcert.core.checks import check_sigma
 
-__all__ = ["NOISES", "Gaussian", "Laplace", "Noise", "Uniform", "make_noise", "random_bits64_"]
+__all__ = [
+    "FLOAT_DRAWS",
+    "NOISES",
+    "Gaussian",
+    "Laplace",
+    "Noise",
+    "Uniform",
+    "gaussian32_",
+    "make_noise",
+    "positions_at_least",
+    "random_bits64_",
+]
 
 # Chunk of the float64 draws: bounds the temporary buffer to 8 MiB per call.
 _CHUNK = 1 << 20
 _LAPLACE_FLOOR = 2.0**-53  # 1 - |v| for a float64 v in [-1, 1) is a multiple of 2^-52, or 0 at v = -1
+# The Gaussian's draws in float mode: float32 Box-Muller with a float64 tail (the default), or
+# 0.2's float64 normal_ (kept so that its logs resume with the same stream).
+FLOAT_DRAWS = ("float32", "float64")
+_U_BITS = 24  # bits of each float32 Box-Muller uniform
+_TAIL_BITS = 14  # u1 <= 2^-(24 - 14) = 2^-10: the radius is redrawn in float64
+_TWO_PI_ULP = 2.0 * math.pi * 2.0**-_U_BITS
 
 
 def random_bits64_(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -74,6 +100,63 @@ def _laplace_from_uniform_(v: torch.Tensor, b: float) -> torch.Tensor:
     """
     mag = v.abs().neg_().add_(1.0).clamp_min_(_LAPLACE_FLOOR).log_().mul_(-b)  # -b ln(1 - |v|) >= 0
     return v.copy_(mag.copysign_(v))
+
+
+def positions_at_least(codes: torch.Tensor, first: int) -> torch.Tensor:
+    """Positions ``k`` (increasing, int64) of the int32 vector ``codes`` with ``codes[k] >= first``.
+
+    ``nonzero`` runs on the mask viewed as int64 words of 8 flags (8 times fewer elements); only
+    the few words holding a flag are expanded and filtered.
+    """
+    count = codes.numel()
+    mask = torch.empty(-(-count // 8) * 8, dtype=torch.bool, device=codes.device)
+    mask[count:] = False
+    torch.ge(codes, first, out=mask[:count])
+    (hit,) = mask.view(torch.int64).nonzero(as_tuple=True)
+    cand = (hit[:, None] * 8 + torch.arange(8, device=codes.device)).view(-1)
+    return torch.masked_select(cand, torch.index_select(mask, 0, cand))
+
+
+def gaussian32_(out: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill the contiguous float32 ``out`` with N(0, sigma^2) draws by Box–Muller in float32; return ``out``.
+
+    Per pair of coordinates, one 64-bit word (:func:`random_bits64_`) gives two independent 24-bit
+    integers ``k1, k2`` (the top 24 bits of each 32-bit half): ``u1 = 1 - k1 2^-24`` in
+    ``[2^-24, 1]``, ``theta = 2 pi k2 2^-24``, and ``(r cos theta, r sin theta)`` with
+    ``r = sigma sqrt(-2 ln u1)`` (``log1p(-k1 2^-24)``: exact argument, no cancellation near 1).
+    The integers and ``u1`` are exact in float32; the transcendental functions round.
+
+    **Tail.** The top ``2^14`` values of ``k1`` are the event ``u1 <= 2^-10`` (probability
+    ``2^-10``); there ``u1`` is redrawn as ``(1 - v) 2^-10`` from a float64 uniform ``v`` (53
+    bits) and ``r`` computed in float64, so ``u1`` is uniform on ``(0, 2^-10]`` at resolution
+    ``2^-63`` and the radius reaches ``sqrt(2 ln 2^63)`` (9.3 sigma): the mass cut is ``2^-63``
+    per pair, against ``2^-24`` for 24-bit uniforms alone. Buffers are processed in chunks of
+    ``2^20`` values (an odd last value takes one coordinate of a fresh pair).
+    """
+    flat = out.view(-1)
+    two_s2 = 2.0 * sigma * sigma
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        count = chunk.numel()
+        half = (count + 1) // 2
+        work = chunk if count % 2 == 0 else torch.empty(2 * half, dtype=torch.float32, device=flat.device)
+        words = random_bits64_(torch.empty(half, dtype=torch.int64, device=flat.device), generator)
+        k = words.view(torch.int32).bitwise_right_shift_(32 - _U_BITS).bitwise_and_((1 << _U_BITS) - 1)
+        tail = positions_at_least(k[:half], (1 << _U_BITS) - (1 << _TAIL_BITS))
+        work.copy_(k)  # integers below 2^24: exact in float32
+        r, theta = work[:half], work[half:]
+        r.mul_(-(2.0**-_U_BITS)).log1p_().mul_(-two_s2).sqrt_()
+        if tail.numel():
+            v = torch.empty(tail.numel(), dtype=torch.float64, device=flat.device).uniform_(generator=generator)
+            fine = v.neg_().add_(1.0).mul_(2.0 ** -(_U_BITS - _TAIL_BITS)).log_().mul_(-two_s2).sqrt_()
+            r.index_copy_(0, tail, fine.to(torch.float32))
+        theta.mul_(_TWO_PI_ULP)
+        cos = torch.cos(theta)
+        theta.sin_().mul_(r)
+        r.mul_(cos)
+        if work is not chunk:
+            chunk.copy_(work[:count])
+    return out
 
 
 def _draw64_(out: torch.Tensor, fill: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -146,7 +229,7 @@ class Noise(ABC):
 
 @dataclass(frozen=True, repr=False)
 class Gaussian(Noise):
-    """N(0, sigma^2 I). ``scale = sigma``.
+    """N(0, sigma^2 I). ``scale = sigma``; ``draws`` picks the float-mode sampler (:data:`FLOAT_DRAWS`).
 
     Certifies l2 with ``R = sigma Phi^-1(pA)`` (Cohen et al. 2019, Thm 1), l1 with the same
     value (``||d||_2 <= ||d||_1``) and linf with ``R / sqrt(d)``.
@@ -154,19 +237,38 @@ class Gaussian(Noise):
 
     name: ClassVar[str] = "gaussian"
     norms: ClassVar[tuple[str, ...]] = _radii.supported_norms("gaussian")
+    draws: str = field(default="float32", kw_only=True)
 
     @property
     def scale(self) -> float:
         return self.sigma
 
-    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``normal_(0.0, sigma)`` drawn in float64 (chunks of ``2^20``), then rounded to ``out``'s dtype.
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.draws not in FLOAT_DRAWS:
+            raise ValueError(f"draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.draws!r}")
 
-        Float64 draws cap the Box–Muller radius at ``sqrt(2 ln 2^53)`` instead of float32's
-        ``sqrt(2 ln 2^24)``: the truncated mass drops from about ``2^-27`` to ``2^-53``.
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """N(0, sigma^2) draws: :func:`gaussian32_` into a float32 buffer (``draws="float32"``, the
+        default), else ``normal_(0.0, sigma)`` in float64 (chunks of ``2^20``) rounded to ``out``'s
+        dtype (``draws="float64"``, 0.2's stream, and every float64 buffer).
+
+        Both cut at most ``2^-53`` of each pair's mass from the tails (module docstring).
         """
+        out = _check_buffer(out)
         sigma = self.sigma
-        return _draw64_(_check_buffer(out), lambda t: t.normal_(0.0, sigma, generator=generator))
+        if self.draws == "float32" and out.dtype == torch.float32:
+            return gaussian32_(out, sigma, generator)
+        return _draw64_(out, lambda t: t.normal_(0.0, sigma, generator=generator))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`Noise.to_dict`, with ``"draws"`` when it is not the default."""
+        d = super().to_dict()
+        return d if self.draws == "float32" else {**d, "draws": self.draws}
+
+    def __repr__(self) -> str:
+        extra = "" if self.draws == "float32" else f", draws={self.draws!r}"
+        return f"Gaussian(sigma={self.sigma!r}{extra})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -224,8 +326,16 @@ NOISES: tuple[str, ...] = tuple(_CLASSES)
 assert NOISES == _radii.NOISES
 
 
-def make_noise(name: str, sigma: float) -> Noise:
-    """The noise registered as ``name`` (one of :data:`NOISES`) with per-coordinate std ``sigma``."""
+def make_noise(name: str, sigma: float, *, draws: str | None = None) -> Noise:
+    """The noise registered as ``name`` (one of :data:`NOISES`) with per-coordinate std ``sigma``.
+
+    ``draws`` (Gaussian only; :data:`FLOAT_DRAWS`) picks the Gaussian's float-mode sampler; the
+    other noises always draw in float64 and accept only ``None`` or ``"float64"``.
+    """
     if not isinstance(name, str) or name not in _CLASSES:
         raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {name!r}")
+    if name == "gaussian":
+        return Gaussian(sigma, draws="float32" if draws is None else draws)
+    if draws not in (None, "float64"):
+        raise ValueError(f"draws={draws!r} applies to gaussian noise only ({name} noise draws in float64)")
     return _CLASSES[name](sigma)

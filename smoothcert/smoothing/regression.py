@@ -37,6 +37,7 @@ from smoothcert.core.checks import check_alpha, check_int
 from smoothcert.core.errors import ConfigError
 from smoothcert.core.sound_level import level_after_tv
 from smoothcert.smoothing.engine import GeneratorArg, OutputSamples
+from smoothcert.smoothing.noises import Noise
 from smoothcert.smoothing.segmentation import sound_options
 from smoothcert.smoothing.smoothed import SmoothedModel, SoundArg
 
@@ -103,7 +104,8 @@ class RegressionCertificate:
 class SmoothedRegressor(SmoothedModel):
     """A real-valued base model ``f: (b, *input_shape) -> (b, D)`` smoothed by its ``percentile``.
 
-    Only Gaussian noise is supported: the bound of Chiang et al. (Thm. 1) rests on the Gaussian
+    Only Gaussian noise is supported (``noise``: "gaussian" or a :class:`~smoothcert.smoothing.noises.Gaussian`,
+    e.g. with float64 draws): the bound of Chiang et al. (Thm. 1) rests on the Gaussian
     Lipschitz property of ``Phi^-1`` of smoothed indicator functions. ``norm`` may be ``"l2"``,
     ``"l1"`` (an l1 ball lies in the l2 ball of the same radius) or ``"linf"`` (the l2 radius is
     ``sqrt(d)`` times the linf one). ``sound`` and ``grid`` are passed to :class:`SmoothedModel` as
@@ -115,6 +117,7 @@ class SmoothedRegressor(SmoothedModel):
         base_model: Callable[[torch.Tensor], torch.Tensor],
         sigma: float,
         *,
+        noise: str | Noise = "gaussian",
         norm: str = "l2",
         device: torch.device | str | None = None,
         input_shape: Sequence[int] | None = None,
@@ -124,10 +127,12 @@ class SmoothedRegressor(SmoothedModel):
         sound: SoundArg | None = None,
         grid: int | None = None,
     ) -> None:
+        if (noise.name if isinstance(noise, Noise) else noise) != "gaussian":
+            raise ValueError(f"noise must be Gaussian (the bound of Chiang et al. 2020 is Gaussian), got {noise!r}")
         super().__init__(
             base_model,
             sigma,
-            noise="gaussian",
+            noise=noise,
             norm=norm,
             device=device,
             input_shape=input_shape,

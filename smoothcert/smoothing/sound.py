@@ -35,7 +35,7 @@ import torch
 
 from smoothcert.core import lattice
 from smoothcert.core.checks import check_int
-from smoothcert.smoothing.noises import Noise, random_bits64_
+from smoothcert.smoothing.noises import Noise, positions_at_least, random_bits64_
 
 __all__ = ["GridNoise"]
 
@@ -49,21 +49,6 @@ class _Tables(NamedTuple):
     order: torch.Tensor  # int64: the bucket of each code
     first: int  # codes >= first need the refinement
     thresholds: torch.Tensor  # int64
-
-
-def _positions_at_least(codes: torch.Tensor, first: int) -> torch.Tensor:
-    """Positions ``k`` (increasing, int64) of the int32 vector ``codes`` with ``codes[k] >= first``.
-
-    ``nonzero`` runs on the mask viewed as int64 words of 8 flags (8 times fewer elements); only
-    the few words holding a flag are expanded and filtered.
-    """
-    count = codes.numel()
-    mask = torch.empty(-(-count // 8) * 8, dtype=torch.bool, device=codes.device)
-    mask[count:] = False
-    torch.ge(codes, first, out=mask[:count])
-    (hit,) = mask.view(torch.int64).nonzero(as_tuple=True)
-    cand = (hit[:, None] * 8 + torch.arange(8, device=codes.device)).view(-1)
-    return torch.masked_select(cand, torch.index_select(mask, 0, cand))
 
 
 class GridNoise:
@@ -128,7 +113,7 @@ class GridNoise:
         words = random_bits64_(torch.empty(-(-count // _PER_WORD), dtype=torch.int64, device=flat.device), generator)
         codes = words.view(torch.uint16)[:count].to(torch.int32)
         torch.index_select(t.values, 0, codes, out=flat)
-        pos = _positions_at_least(codes, t.first)
+        pos = positions_at_least(codes, t.first)
         if pos.numel():
             low = torch.empty(pos.numel(), dtype=torch.int64, device=flat.device)
             low.random_(0, 2**_LOW_BITS, generator=generator)
