@@ -1,13 +1,14 @@
 """CERTIFY throughput against the base model's best raw forward throughput, in one process.
 
-Issue 26 §3's targets, measured on ``small_cnn`` (random weights: throughput does not depend on
-them; 1 x 28 x 28) with the CLI's defaults for the smoothed model (channels-last, measured pass
-size, batch 1000, n0 = 100):
+Issue 26 §3's targets, measured on ``small_cnn`` (1 x 28 x 28, Fashion-MNIST's shape) or, with
+``--arch cifar_resnet20``, the CIFAR-10 ResNet-20 (3 x 32 x 32), with random weights (throughput
+does not depend on them) and the CLI's defaults for the smoothed model (channels-last, measured
+pass size, batch 1000, n0 = 100):
 
 * **raw forward**: the model alone on a fixed batch, the fastest of NCHW and channels-last at
   batch 64, 128, 256, 512 and 1000 (each measured in every round; the best median is the reference);
-* **sound** and **float** CERTIFY of one 8-bit input, ``(n0 + n) / time`` (float mode draws
-  float64 Gaussians rounded once, as 0.2 did).
+* **sound** and **float** CERTIFY of one 8-bit input, ``(n0 + n) / time`` (float mode's default
+  float32 Gaussian draws).
 
 Rounds interleave everything, their order rotating; the report gives the median of per-round
 ratios. Timings are wall clock (``--clock cpu``: the process's CPU time, steadier when other jobs
@@ -15,6 +16,7 @@ share the machine) in one process with ``torch.get_num_threads()`` threads (``--
 
     python benchmarks/certify_vs_forward.py            # 5 rounds, n = 10,000 (about a minute)
     python benchmarks/certify_vs_forward.py --quick    # 2 rounds, n = 2,000
+    python benchmarks/certify_vs_forward.py --arch cifar_resnet20 --n 4000
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from smoothcert.smoothing.classifier import SmoothedClassifier
 __all__ = ["main"]
 
 BATCHES = (64, 128, 256, 512, 1000)
+# input shape and normalization of each benchmarked architecture
+SHAPES = {
+    "small_cnn": ((1, 28, 28), [0.2860], [0.3530]),
+    "cifar_resnet20": ((3, 32, 32), [0.49, 0.48, 0.45], [0.25] * 3),
+}
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int)
     p.add_argument("--n", type=int)
     p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--arch", choices=tuple(SHAPES), default="small_cnn")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument(
         "--clock",
@@ -68,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (2_000 if args.quick else 10_000)
     n0, batch = 100, 1000
     torch.manual_seed(0)
-    model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530]).eval()
-    x = torch.randint(0, 256, (1, 28, 28), generator=torch.Generator().manual_seed(1)).float() / 255
-    cl_model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.2860], std=[0.3530]).eval()
+    shape, mean, std = SHAPES[args.arch]
+    model = build_model(args.arch, num_classes=10, in_channels=shape[0], mean=mean, std=std).eval()
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(1)).float() / 255
+    cl_model = build_model(args.arch, num_classes=10, in_channels=shape[0], mean=mean, std=std).eval()
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=torch.channels_last)  # the CLI's default layout
     common = dict(num_classes=10, sigma=args.sigma, channels_last=True, pass_size="auto")
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(0)
         smoothed[name].certify(x, n0=n0, n=n, alpha=0.001, batch_size=batch, generator=g)
 
-    inputs = {b: torch.rand(b, 1, 28, 28) for b in BATCHES}
+    inputs = {b: torch.rand(b, *shape) for b in BATCHES}
 
     def forward(layout: str, b: int) -> None:
         m = cl_model if layout == "cl" else model
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(rates[a][r] / max(rates[k][r] for k in fwd) for r in range(rounds))
 
     res = {
+        "arch": args.arch,
         "n0": n0,
         "n": n,
         "batch": batch,
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     res["clock"] = args.clock
     print(
-        f"small_cnn 1x28x28, n0={n0}, n={n}, batch {batch}, {rounds} rounds, {res['threads']} threads, {args.clock} clock"
+        f"{args.arch} {'x'.join(map(str, shape))}, n0={n0}, n={n}, batch {batch}, {rounds} rounds, "
+        f"{res['threads']} threads, {args.clock} clock"
     )
     for k, v in res["rates"].items():
         print(f"  {k:22s} {v:12,.0f} samples/s")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from smoothcert.cli.options import add_options, build_config
-from smoothcert.smoothing.noises import FLOAT_DRAWS
+from smoothcert.core.checks import FLOAT_DRAWS
 
 __all__ = ["DENSE_TASKS", "TASKS", "register", "route"]
 

@@ -27,7 +27,9 @@ from numpy.typing import ArrayLike, NDArray
 from smoothcert.core.errors import ConfigError
 
 __all__ = [
+    "FLOAT_DRAWS",
     "check_alpha",
+    "check_float_draws",
     "check_int",
     "check_nonnegative",
     "check_open_unit",
@@ -109,6 +111,18 @@ def check_alpha(value: Any, name: str = "alpha") -> float:
 
 
 # --------------------------------------------------------------------------- arrays
+
+
+# Float mode's Gaussian draws (smoothing.noises.Gaussian): float32 Box-Muller with a float64 tail
+# (the default since 0.3) or 0.2's float64 normal_ stream.
+FLOAT_DRAWS = ("float32", "float64")
+
+
+def check_float_draws(value: Any, name: str = "float_draws") -> str:
+    """``value`` if it is one of :data:`FLOAT_DRAWS`, else a ConfigError naming it."""
+    if not isinstance(value, str) or value not in FLOAT_DRAWS:
+        raise ConfigError(f"{name} must be one of {', '.join(FLOAT_DRAWS)}, got {value!r}")
+    return value
 
 
 def _fmt(arr: NDArray[Any]) -> str:

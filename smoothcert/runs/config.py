@@ -16,10 +16,9 @@ from typing import Any, Literal
 import torch
 
 from smoothcert.core import confseq, sequential
-from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.core.checks import FLOAT_DRAWS, check_alpha, check_float_draws, check_int, check_sigma
 from smoothcert.core.errors import ConfigError, SmoothcertError
 from smoothcert.core.radii import NOISES, NORMS
-from smoothcert.smoothing.noises import FLOAT_DRAWS
 
 __all__ = ["AMP", "SPLITS", "RunConfig", "as_config_error"]
 
@@ -267,9 +266,7 @@ class RunConfig:
                 "consensus=1 certifies the ensemble's first member (--model) alone, while the log would name the "
                 "whole ensemble: use consensus >= 2, or certify --model without --ensemble"
             )
-        if self.float_draws not in FLOAT_DRAWS:
-            raise ConfigError(f"float_draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.float_draws!r}")
-        if self.float_draws != "float32" and self.sound:
+        if check_float_draws(self.float_draws) != "float32" and self.sound:
             raise ConfigError(
                 f"float_draws={self.float_draws!r} applies to float mode only: add --float-noise (Python: sound=False)"
             )

@@ -27,7 +27,7 @@ import torch
 
 from smoothcert.core import percentile as pct
 from smoothcert.core import segmentation as seg
-from smoothcert.core.checks import check_alpha, check_int, check_sigma
+from smoothcert.core.checks import check_alpha, check_float_draws, check_int, check_sigma
 from smoothcert.core.errors import ConfigError, ResultFileError
 from smoothcert.io.checkpoints import checkpoint_sha256, load_model, versions
 from smoothcert.io.logs import (
@@ -47,7 +47,7 @@ from smoothcert.runs.resume import FLOAT32_SAMPLER
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.progress import progress
-from smoothcert.smoothing.noises import FLOAT_DRAWS, Gaussian
+from smoothcert.smoothing.noises import Gaussian
 from smoothcert.smoothing.regression import SmoothedRegressor, box_iou, worst_case_iou
 from smoothcert.smoothing.segmentation import SmoothedSegmenter
 
@@ -113,9 +113,7 @@ class TaskRunConfig:
         object.__setattr__(self, "taus", tuple(seg.check_tau(t) for t in self.taus))
         object.__setattr__(self, "radii", tuple(pct.check_radius(r) for r in self.radii))
         pct.check_percentile(self.percentile)
-        if self.float_draws not in FLOAT_DRAWS:
-            raise ConfigError(f"float_draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.float_draws!r}")
-        if self.float_draws != "float32" and not self.float_noise:
+        if check_float_draws(self.float_draws) != "float32" and not self.float_noise:
             raise ConfigError(f"float_draws={self.float_draws!r} applies to float mode only: add --float-noise")
 
 

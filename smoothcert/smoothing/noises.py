@@ -46,7 +46,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from smoothcert.core import radii as _radii
-from smoothcert.core.checks import check_sigma
+from smoothcert.core.checks import FLOAT_DRAWS, check_float_draws, check_sigma
 
 __all__ = [
     "FLOAT_DRAWS",
@@ -64,9 +64,6 @@ __all__ = [
 # Chunk of the float64 draws: bounds the temporary buffer to 8 MiB per call.
 _CHUNK = 1 << 20
 _LAPLACE_FLOOR = 2.0**-53  # 1 - |v| for a float64 v in [-1, 1) is a multiple of 2^-52, or 0 at v = -1
-# The Gaussian's draws in float mode: float32 Box-Muller with a float64 tail (the default), or
-# 0.2's float64 normal_ (kept so that its logs resume with the same stream).
-FLOAT_DRAWS = ("float32", "float64")
 _U_BITS = 24  # bits of each float32 Box-Muller uniform
 _TAIL_BITS = 14  # u1 <= 2^-(24 - 14) = 2^-10: the radius is redrawn in float64
 _TWO_PI_ULP = 2.0 * math.pi * 2.0**-_U_BITS
@@ -245,8 +242,7 @@ class Gaussian(Noise):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.draws not in FLOAT_DRAWS:
-            raise ValueError(f"draws must be one of {', '.join(FLOAT_DRAWS)}, got {self.draws!r}")
+        check_float_draws(self.draws, "draws")
 
     def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """N(0, sigma^2) draws: :func:`gaussian32_` into a float32 buffer (``draws="float32"``, the
@@ -336,6 +332,6 @@ def make_noise(name: str, sigma: float, *, draws: str | None = None) -> Noise:
         raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {name!r}")
     if name == "gaussian":
         return Gaussian(sigma, draws="float32" if draws is None else draws)
-    if draws not in (None, "float64"):
+    if draws is not None and check_float_draws(draws, "draws") != "float64":
         raise ValueError(f"draws={draws!r} applies to gaussian noise only ({name} noise draws in float64)")
     return _CLASSES[name](sigma)
