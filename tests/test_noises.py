@@ -296,3 +296,27 @@ def test_bad_input() -> None:
         N.Uniform(1.0).threshold(0.1, norm="l2")
     with pytest.raises(ValueError, match=r"dim .* required for norm 'linf'"):
         N.Uniform(1.0).radius(0.9, norm="linf")
+
+
+def test_gaussian32_refuses_other_buffers() -> None:
+    """gaussian32_ writes float32 only: a float64 or integer buffer is refused by type, naming the dtype."""
+    with pytest.raises(TypeError, match="float64"):
+        N.gaussian32_(torch.empty(4, dtype=torch.float64), 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        N.gaussian32_(torch.empty(4, dtype=torch.int32), 0.5)
+    assert N.gaussian32_(torch.empty(5), 0.5).isfinite().all()  # control: float32, odd size
+
+
+def test_draws_option_is_checked_and_recorded() -> None:
+    """draws= names float32 or float64 (a bad value is refused naming it); only Gaussian noise takes
+    float32; to_dict records a non-default choice so make_noise(**d) rebuilds the same sampler."""
+    with pytest.raises(ValueError, match=r"draws must be one of float32, float64, got 'float16'"):
+        N.Gaussian(0.5, draws="float16")
+    with pytest.raises(ValueError, match=r"draws='float32' applies to gaussian noise only"):
+        N.make_noise("laplace", 0.5, draws="float32")
+    assert N.make_noise("uniform", 0.5, draws="float64") == N.Uniform(0.5)
+    legacy = N.make_noise("gaussian", 0.5, draws="float64")
+    assert legacy.to_dict() == {"name": "gaussian", "sigma": 0.5, "draws": "float64"}
+    assert N.make_noise(**legacy.to_dict()) == legacy != N.Gaussian(0.5)
+    assert N.Gaussian(0.5).to_dict() == {"name": "gaussian", "sigma": 0.5}
+    assert repr(legacy) == "Gaussian(sigma=0.5, draws='float64')"

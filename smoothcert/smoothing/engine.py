@@ -13,8 +13,8 @@ there and adds no floating-point noise); otherwise the engine calls ``sample_(ou
 and adds ``x``.
 
 **Noise.** A noise is any object with a ``sample_(out, generator)`` method that fills a float32
-tensor in place (see :mod:`smoothcert.smoothing.noises`: draws are made in float64 and rounded
-once); ``sigma=`` alone means isotropic Gaussian
+tensor in place (see :mod:`smoothcert.smoothing.noises`: Gaussian draws in float32 with a float64
+tail, the other noises in float64 rounded once); ``sigma=`` alone means isotropic Gaussian
 noise. Noise is always drawn and added in float32 into a contiguous (row-major) buffer, whatever
 the input's dtype and whatever memory format the model runs in, so options such as channels-last
 or a half-precision model change speed (or the base classifier's numerics), never the noise

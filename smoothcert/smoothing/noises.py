@@ -130,8 +130,12 @@ def gaussian32_(out: torch.Tensor, sigma: float, generator: torch.Generator | No
     per pair, against ``2^-24`` for 24-bit uniforms alone. Buffers are processed in chunks of
     ``2^20`` values (an odd last value takes one coordinate of a fresh pair).
     """
+    if _check_buffer(out).dtype != torch.float32:
+        raise TypeError(
+            f"out must be float32 for gaussian32_, got {out.dtype} (Gaussian.sample_ takes any float dtype)"
+        )
     flat = out.view(-1)
-    two_s2 = 2.0 * sigma * sigma
+    two_s2 = 2.0 * check_sigma(sigma) ** 2
     for start in range(0, flat.numel(), _CHUNK):
         chunk = flat[start : start + _CHUNK]
         count = chunk.numel()
