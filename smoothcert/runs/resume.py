@@ -17,6 +17,7 @@ __all__ = [
     "LEGACY",
     "SOUND_RADII",
     "check_legacy_resume",
+    "float64_stream_refusal",
     "float_sampler_version",
 ]
 
@@ -38,6 +39,25 @@ def float_sampler_version(noise: Noise, *, sound: bool) -> int:
     return FLOAT64_SAMPLER
 
 
+def float64_stream_refusal(out: Path, old: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """Why a float-mode log of float64 Gaussian draws cannot be continued by ``identity``, or None.
+
+    A float-mode log holds 0.2's float64 stream when its identity records ``"sampler": 2`` (certify,
+    predict) or no ``"sampler"`` at all (the dense tasks, which record it only for float32 draws);
+    a run recording :data:`FLOAT32_SAMPLER` would append rows of another stream. The message names
+    the flags that continue it (one home for certify, predict and the dense tasks).
+    """
+    if old.get("sound") is True or old.get("sampler", FLOAT64_SAMPLER) != FLOAT64_SAMPLER:
+        return None
+    if identity.get("sampler") != FLOAT32_SAMPLER:
+        return None
+    return (
+        f"{out} was written in float mode with float64 Gaussian draws (0.2's stream), and float mode now draws "
+        "them in float32: pass --float-noise --float-draws float64 to continue it with its noise stream, or "
+        "--overwrite / another --out"
+    )
+
+
 def check_legacy_resume(out: Path, identity: dict[str, Any]) -> None:
     """Refuse, naming the flag that continues it, a log of an earlier version whose rows this run would not write.
 
@@ -56,16 +76,9 @@ def check_legacy_resume(out: Path, identity: dict[str, Any]) -> None:
             "predict now run in sound mode by default: pass --float-noise --float-draws float64 to continue it in "
             "float mode with its noise stream, or --overwrite / another --out for a sound-mode log"
         )
-    if (
-        old.get("sound") is not True
-        and old.get("sampler") == FLOAT64_SAMPLER
-        and identity.get("sampler") == FLOAT32_SAMPLER
-    ):
-        raise ConfigError(
-            f"{out} was written in float mode with float64 Gaussian draws (0.2's stream), and float mode "
-            "now draws them in float32: pass --float-draws float64 to continue it with its noise stream, or "
-            "--overwrite / another --out"
-        )
+    refusal = float64_stream_refusal(out, old, identity)
+    if refusal is not None:
+        raise ConfigError(refusal)
     if old.get("sound") is True and "sound_radii" not in old and identity.get("sound"):
         raise ConfigError(
             f"{out} was written in sound mode by smoothcert 0.2, whose sound radii did not subtract the grid "

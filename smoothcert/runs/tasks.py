@@ -43,7 +43,7 @@ from smoothcert.io.logs import (
 from smoothcert.io.scenes import GRID, SCENE_TASKS, SCENES_NAME, FashionScenes
 from smoothcert.models.dense import register_task_architectures
 from smoothcert.runs.certify import example_generator, select_indices
-from smoothcert.runs.resume import FLOAT32_SAMPLER
+from smoothcert.runs.resume import FLOAT32_SAMPLER, float64_stream_refusal, float_sampler_version
 from smoothcert.runtime.devices import resolve_device
 from smoothcert.runtime.distributed import DistContext
 from smoothcert.runtime.progress import progress
@@ -172,12 +172,9 @@ def _legacy_identity(path: Path, identity: dict[str, Any], *, sound: bool) -> di
     in float mode; in sound mode such a log is refused, naming ``--float-noise``. A float-mode log
     of float64 draws (0.2: no ``sampler``) is refused under float32 draws, naming ``--float-draws``."""
     old = (read_sidecar(path) or {}).get("identity") if path.exists() else None
-    if isinstance(old, dict) and old.get("sound") is not True and "sampler" not in old and "sampler" in identity:
-        raise ResultFileError(
-            f"{path} was written in float mode with float64 Gaussian draws (0.2's stream), and float mode "
-            "now draws them in float32: resume it with --float-noise --float-draws float64, "
-            "or pass --overwrite to replace it, or choose another --out"
-        )
+    refusal = float64_stream_refusal(path, old, identity) if isinstance(old, dict) else None
+    if refusal is not None:
+        raise ResultFileError(refusal)
     if not isinstance(old, dict) or "sound" in old:
         return identity
     if sound:
@@ -221,7 +218,8 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         "sound": config.sound,
         "grid": GRID if config.sound else None,
     }
-    if not config.sound and config.float_draws == "float32":  # float32 Gaussian draws (0.3): a new stream
+    noise = Gaussian(sigma, draws=config.float_draws)  # float mode's draws (sound mode draws on the grid)
+    if float_sampler_version(noise, sound=config.sound) == FLOAT32_SAMPLER:  # recorded only for the new stream
         base["sampler"] = FLOAT32_SAMPLER
     if config.task == "segmentation":
         base["n0"] = config.n0
@@ -270,11 +268,7 @@ def run_task(config: TaskRunConfig, dist: DistContext | None = None) -> dict[flo
         )
         # explicitly sound=True (an off-grid scene is refused, never certified in float mode behind
         # the log's back) or sound=False, never the library's per-input "auto"
-        mode: dict[str, Any] = (
-            {"sound": True, "grid": GRID}
-            if config.sound
-            else {"sound": False, "noise": Gaussian(sigma, draws=config.float_draws)}
-        )
+        mode: dict[str, Any] = {"sound": True, "grid": GRID} if config.sound else {"sound": False, "noise": noise}
         if config.task == "segmentation":
             factor = int(meta.get("output_factor") or 1)
             smoothed: Any = SmoothedSegmenter(

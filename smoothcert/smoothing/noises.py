@@ -134,8 +134,13 @@ def gaussian32_(out: torch.Tensor, sigma: float, generator: torch.Generator | No
         raise TypeError(
             f"out must be float32 for gaussian32_, got {out.dtype} (Gaussian.sample_ takes any float dtype)"
         )
+    return _box_muller32_(out, check_sigma(sigma), generator)
+
+
+def _box_muller32_(out: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`gaussian32_` on a checked contiguous float32 ``out`` and a checked ``sigma``."""
     flat = out.view(-1)
-    two_s2 = 2.0 * check_sigma(sigma) ** 2
+    two_s2 = 2.0 * sigma * sigma
     for start in range(0, flat.numel(), _CHUNK):
         chunk = flat[start : start + _CHUNK]
         count = chunk.numel()
@@ -258,7 +263,7 @@ class Gaussian(Noise):
         out = _check_buffer(out)
         sigma = self.sigma
         if self.draws == "float32" and out.dtype == torch.float32:
-            return gaussian32_(out, sigma, generator)
+            return _box_muller32_(out, sigma, generator)
         return _draw64_(out, lambda t: t.normal_(0.0, sigma, generator=generator))
 
     def to_dict(self) -> dict[str, Any]:
